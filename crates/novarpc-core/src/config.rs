@@ -1,0 +1,657 @@
+//! nova.conf-style TOML configuration: a `[DEFAULT]` table shared by every
+//! backend, and one table per driver for its own options.
+//!
+//! ```toml
+//! [DEFAULT]
+//! rpc_backend = "kombu"                 # or let transport_url's scheme choose
+//! transport_url = "rabbit://nova:secret@host1:5672,nova:secret@host2:5672/nova"
+//! control_exchange = "nova"
+//! rpc_response_timeout = 60             # seconds
+//! executor_thread_pool_size = 64
+//!
+//! [kombu]
+//! rabbit_qos_prefetch_count = 64
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+
+/// Configuration errors; each names where the problem is.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Malformed TOML, an unknown key or a wrong type; the message names the
+    /// line, column and key.
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    /// A value that parses but makes no sense.
+    #[error("{origin}{}: invalid `{key}`: {message}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    Invalid {
+        origin: String,
+        line: Option<usize>,
+        key: String,
+        message: String,
+    },
+    #[error("{origin}: unknown rpc_backend `{name}`; available backends: {available}")]
+    UnknownBackend {
+        origin: String,
+        name: String,
+        available: String,
+    },
+    #[error("{origin}{}: unknown table `[{table}]`; known tables: {known}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    UnknownTable {
+        origin: String,
+        line: Option<usize>,
+        table: String,
+        known: String,
+    },
+    #[error("invalid transport URL `{url}`: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+/// A secret that never shows in `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Password(secret.into())
+    }
+
+    /// The secret itself, for handing to a broker client.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl fmt::Display for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// One broker host of a transport URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportHost {
+    pub hostname: String,
+    pub port: Option<u16>,
+    pub username: Option<String>,
+    pub password: Option<Password>,
+}
+
+/// An oslo.messaging transport URL:
+/// `scheme://user:pass@host1:port,user:pass@host2:port/virtual_host?opt=value`.
+/// `Display` and `Debug` redact passwords.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TransportUrl {
+    pub scheme: String,
+    pub hosts: Vec<TransportHost>,
+    pub virtual_host: Option<String>,
+    pub query: Vec<(String, String)>,
+}
+
+impl TransportUrl {
+    /// The value of a query option (`?heartbeat=10`).
+    pub fn query_value(&self, key: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl FromStr for TransportUrl {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, ConfigError> {
+        let invalid = |reason: &str| ConfigError::InvalidUrl {
+            url: redact_url_text(text),
+            reason: reason.to_owned(),
+        };
+        let (scheme, rest) = text
+            .split_once("://")
+            .ok_or_else(|| invalid("expected scheme://[user:pass@]host[:port][,...]/[virtual_host]"))?;
+        let scheme_ok = !scheme.is_empty()
+            && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        if !scheme_ok {
+            return Err(invalid("the scheme must be letters, digits, `+`, `-` or `.`"));
+        }
+        let scheme = scheme.to_ascii_lowercase();
+        let (rest, query) = match rest.split_once('?') {
+            Some((rest, query)) => (rest, Some(query)),
+            None => (rest, None),
+        };
+        let (netlocs, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
+        };
+        let mut hosts = Vec::new();
+        if !netlocs.is_empty() {
+            for netloc in netlocs.split(',') {
+                if netloc.is_empty() {
+                    return Err(invalid("empty host in the host list"));
+                }
+                let parsed = url::Url::parse(&format!("{scheme}://{netloc}/"))
+                    .map_err(|e| invalid(&format!("host `{}`: {e}", redact_netloc(netloc))))?;
+                let hostname = parsed
+                    .host_str()
+                    .filter(|h| !h.is_empty())
+                    .ok_or_else(|| invalid("a host has no hostname"))?;
+                let decode = |s: &str| {
+                    percent_encoding::percent_decode_str(s)
+                        .decode_utf8()
+                        .map(|c| c.into_owned())
+                        .map_err(|_| invalid("user name or password is not UTF-8"))
+                };
+                let username = match parsed.username() {
+                    "" => None,
+                    u => Some(decode(u)?),
+                };
+                let password = match parsed.password() {
+                    None => None,
+                    Some(p) => Some(Password(decode(p)?)),
+                };
+                hosts.push(TransportHost {
+                    hostname: hostname.to_owned(),
+                    port: parsed.port(),
+                    username,
+                    password,
+                });
+            }
+        }
+        let virtual_host = match path {
+            None | Some("") => None,
+            Some(p) => Some(
+                percent_encoding::percent_decode_str(p)
+                    .decode_utf8()
+                    .map_err(|_| invalid("virtual host is not UTF-8"))?
+                    .into_owned(),
+            ),
+        };
+        let query = query
+            .map(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .into_owned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(TransportUrl {
+            scheme,
+            hosts,
+            virtual_host,
+            query,
+        })
+    }
+}
+
+fn redact_netloc(netloc: &str) -> String {
+    match netloc.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => netloc.to_owned(),
+        },
+        None => netloc.to_owned(),
+    }
+}
+
+/// Redacts passwords from URL text that may not even parse.
+pub fn redact_url_text(text: &str) -> String {
+    match text.split_once("://") {
+        Some((scheme, rest)) => {
+            let (netlocs, tail) = match rest.find('/') {
+                Some(i) => rest.split_at(i),
+                None => (rest, ""),
+            };
+            let netlocs: Vec<String> = netlocs.split(',').map(redact_netloc).collect();
+            format!("{scheme}://{}{tail}", netlocs.join(","))
+        }
+        None => text.to_owned(),
+    }
+}
+
+impl fmt::Display for TransportUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://", self.scheme)?;
+        for (i, host) in self.hosts.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if let Some(user) = &host.username {
+                f.write_str(user)?;
+                if host.password.is_some() {
+                    f.write_str(":***")?;
+                }
+                f.write_str("@")?;
+            }
+            f.write_str(&host.hostname)?;
+            if let Some(port) = host.port {
+                write!(f, ":{port}")?;
+            }
+        }
+        f.write_str("/")?;
+        if let Some(vhost) = &self.virtual_host {
+            f.write_str(vhost)?;
+        }
+        for (i, (k, v)) in self.query.iter().enumerate() {
+            write!(f, "{}{k}={v}", if i == 0 { '?' } else { '&' })?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for TransportUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TransportUrl({self})")
+    }
+}
+
+/// The `[DEFAULT]` options every backend shares, resolved with defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CommonOptions {
+    /// The backend's name or alias; `None` lets `transport_url` choose (else `memory`).
+    pub rpc_backend: Option<String>,
+    pub transport_url: Option<TransportUrl>,
+    /// The exchange targets use when they name none (oslo default `openstack`).
+    pub control_exchange: String,
+    /// The timeout of a call that sets none.
+    pub rpc_response_timeout: Duration,
+    /// How many requests a server handles at once.
+    pub executor_thread_pool_size: usize,
+}
+
+impl Default for CommonOptions {
+    fn default() -> Self {
+        CommonOptions {
+            rpc_backend: None,
+            transport_url: None,
+            control_exchange: "openstack".to_owned(),
+            rpc_response_timeout: Duration::from_secs(60),
+            executor_thread_pool_size: 64,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DefaultTable {
+    rpc_backend: Option<String>,
+    transport_url: Option<toml::Spanned<String>>,
+    control_exchange: Option<toml::Spanned<String>>,
+    rpc_response_timeout: Option<toml::Spanned<f64>>,
+    executor_thread_pool_size: Option<toml::Spanned<i64>>,
+}
+
+#[derive(Debug)]
+struct Source {
+    origin: String,
+    text: String,
+}
+
+/// A loaded configuration: the resolved `[DEFAULT]` options and the text the
+/// driver tables are parsed from (so their errors can name lines too).
+#[derive(Clone, Debug)]
+pub struct Config {
+    source: Arc<Source>,
+    common: CommonOptions,
+}
+
+impl Default for Config {
+    /// The embedded default: the `memory` backend.
+    fn default() -> Self {
+        Config {
+            source: Arc::new(Source {
+                origin: "<built-in defaults>".to_owned(),
+                text: String::new(),
+            }),
+            common: CommonOptions {
+                rpc_backend: Some("memory".to_owned()),
+                ..CommonOptions::default()
+            },
+        }
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+impl Config {
+    /// Reads a TOML file, then applies `NOVARPC_*` environment overrides.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::from_toml_str(&text, &path.display().to_string())?;
+        config.apply_overrides(std::env::vars())?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; `origin` names it in errors (a path, `<inline>`, ...).
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        };
+        let document: toml::Table = toml::from_str(text).map_err(parse_error)?;
+        let mut common = CommonOptions::default();
+        if document.contains_key("DEFAULT") {
+            let table: DefaultTable = section_from_str(text, "DEFAULT").map_err(parse_error)?;
+            let invalid = |span: std::ops::Range<usize>, key: &str, message: String| {
+                ConfigError::Invalid {
+                    origin: origin.to_owned(),
+                    line: Some(line_of(text, span.start)),
+                    key: key.to_owned(),
+                    message,
+                }
+            };
+            common.rpc_backend = table.rpc_backend;
+            if let Some(url) = table.transport_url {
+                let span = url.span();
+                common.transport_url = Some(
+                    url.into_inner()
+                        .parse()
+                        .map_err(|e: ConfigError| invalid(span, "transport_url", e.to_string()))?,
+                );
+            }
+            if let Some(exchange) = table.control_exchange {
+                if exchange.get_ref().is_empty() {
+                    return Err(invalid(exchange.span(), "control_exchange", "must not be empty".into()));
+                }
+                common.control_exchange = exchange.into_inner();
+            }
+            if let Some(timeout) = table.rpc_response_timeout {
+                let seconds = *timeout.get_ref();
+                common.rpc_response_timeout = positive_seconds(seconds)
+                    .map_err(|m| invalid(timeout.span(), "rpc_response_timeout", m))?;
+            }
+            if let Some(size) = table.executor_thread_pool_size {
+                common.executor_thread_pool_size = usize::try_from(*size.get_ref())
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        invalid(
+                            size.span(),
+                            "executor_thread_pool_size",
+                            format!("must be a positive integer, got {}", size.get_ref()),
+                        )
+                    })?;
+            }
+        }
+        Ok(Config {
+            source: Arc::new(Source {
+                origin: origin.to_owned(),
+                text: text.to_owned(),
+            }),
+            common,
+        })
+    }
+
+    /// Applies `NOVARPC_RPC_BACKEND`, `NOVARPC_TRANSPORT_URL`,
+    /// `NOVARPC_CONTROL_EXCHANGE`, `NOVARPC_RPC_RESPONSE_TIMEOUT` and
+    /// `NOVARPC_EXECUTOR_THREAD_POOL_SIZE` from `vars`.
+    pub fn apply_overrides(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        for (var, value) in vars {
+            let env_error = |message: String| ConfigError::Env {
+                var: var.clone(),
+                message,
+            };
+            match var.as_str() {
+                "NOVARPC_RPC_BACKEND" => self.common.rpc_backend = Some(value),
+                "NOVARPC_TRANSPORT_URL" => {
+                    self.common.transport_url =
+                        Some(value.parse().map_err(|e: ConfigError| env_error(e.to_string()))?)
+                }
+                "NOVARPC_CONTROL_EXCHANGE" if !value.is_empty() => {
+                    self.common.control_exchange = value
+                }
+                "NOVARPC_RPC_RESPONSE_TIMEOUT" => {
+                    let seconds: f64 = value
+                        .parse()
+                        .map_err(|_| env_error(format!("`{value}` is not a number of seconds")))?;
+                    self.common.rpc_response_timeout =
+                        positive_seconds(seconds).map_err(env_error)?;
+                }
+                "NOVARPC_EXECUTOR_THREAD_POOL_SIZE" => {
+                    self.common.executor_thread_pool_size = value
+                        .parse()
+                        .ok()
+                        .filter(|n: &usize| *n > 0)
+                        .ok_or_else(|| env_error(format!("`{value}` is not a positive integer")))?
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn common(&self) -> &CommonOptions {
+        &self.common
+    }
+
+    pub fn common_mut(&mut self) -> &mut CommonOptions {
+        &mut self.common
+    }
+
+    /// Where this configuration came from (a path or a label).
+    pub fn origin(&self) -> &str {
+        &self.source.origin
+    }
+
+    /// The names of the top-level tables, with the line each starts on.
+    pub fn tables(&self) -> Vec<(String, Option<usize>)> {
+        let text = &self.source.text;
+        let Ok(document) = toml::from_str::<toml::Table>(text) else {
+            return Vec::new();
+        };
+        document
+            .keys()
+            .map(|name| {
+                let line = text.lines().position(|l| {
+                    let l = l.trim_start();
+                    l.starts_with(&format!("[{name}]"))
+                        || l.starts_with(&format!("[{name}."))
+                        || l.starts_with(&format!("{name} ="))
+                        || l.starts_with(&format!("{name}="))
+                });
+                (name.clone(), line.map(|l| l + 1))
+            })
+            .collect()
+    }
+
+    /// Parses the table `[name]` into a driver's typed options (defaults when the
+    /// table is absent). Errors name the file, line and key.
+    pub fn section<T: DeserializeOwned + Default>(&self, name: &str) -> Result<T, ConfigError> {
+        section_from_str::<Option<T>>(&self.source.text, name)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| ConfigError::Parse {
+                origin: self.source.origin.clone(),
+                message: e.to_string().trim_end().to_owned(),
+            })
+    }
+
+    /// An error about `key` in table `[table]`, for drivers' own checks.
+    pub fn invalid(&self, table: &str, key: &str, message: impl Into<String>) -> ConfigError {
+        let text = &self.source.text;
+        let mut in_table = false;
+        let mut line = None;
+        for (i, l) in text.lines().enumerate() {
+            let l = l.trim_start();
+            if l.starts_with('[') {
+                in_table = l.starts_with(&format!("[{table}]"));
+            } else if in_table && l.starts_with(key) {
+                line = Some(i + 1);
+                break;
+            }
+        }
+        ConfigError::Invalid {
+            origin: self.source.origin.clone(),
+            line,
+            key: format!("{table}.{key}"),
+            message: message.into(),
+        }
+    }
+}
+
+fn positive_seconds(seconds: f64) -> Result<Duration, String> {
+    if seconds.is_finite() && seconds > 0.0 && seconds < 1e9 {
+        Ok(Duration::from_secs_f64(seconds))
+    } else {
+        Err(format!("must be a positive number of seconds, got {seconds}"))
+    }
+}
+
+/// Deserializes table `name` of a TOML document straight from its text, so
+/// errors inside the table keep their line and column.
+fn section_from_str<T: DeserializeOwned>(text: &str, name: &str) -> Result<T, toml::de::Error> {
+    struct Section<'n, T> {
+        name: &'n str,
+        marker: std::marker::PhantomData<T>,
+    }
+    impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for Section<'_, T> {
+        type Value = T;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de, T: DeserializeOwned> Visitor<'de> for Section<'_, T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            write!(f, "a TOML document")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+            let mut found = None;
+            while let Some(key) = map.next_key::<String>()? {
+                if key == self.name {
+                    found = Some(map.next_value::<T>()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            match found {
+                Some(value) => Ok(value),
+                // Absent table: let `T` decide (Option<_> gives None).
+                None => T::deserialize(serde::de::value::UnitDeserializer::new())
+                    .map_err(|e: serde::de::value::Error| serde::de::Error::custom(e)),
+            }
+        }
+    }
+    Section {
+        name,
+        marker: std::marker::PhantomData,
+    }
+    .deserialize(toml::Deserializer::new(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields, default)]
+    struct DriverOptions {
+        prefetch: u32,
+    }
+
+    #[test]
+    fn parses_default_table() {
+        let config = Config::from_toml_str(
+            "[DEFAULT]\nrpc_backend = \"kombu\"\ncontrol_exchange = \"nova\"\nrpc_response_timeout = 2.5\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(config.common().rpc_backend.as_deref(), Some("kombu"));
+        assert_eq!(config.common().control_exchange, "nova");
+        assert_eq!(config.common().rpc_response_timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let err = Config::from_toml_str("[DEFAULT]\nrpc_backend = \"memory\"\nbogus = 1\n", "n.toml")
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, ConfigError::Parse { .. }));
+        assert!(text.contains("n.toml") && text.contains("line 3") && text.contains("bogus"), "{text}");
+
+        let err = Config::from_toml_str("[DEFAULT]\nrpc_response_timeout = \"x\"\n", "n.toml").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+
+        let err = Config::from_toml_str("[DEFAULT]\n\ntransport_url = \"nope\"\n", "n.toml").unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { line: Some(3), .. }), "{err}");
+
+        let config = Config::from_toml_str("[DEFAULT]\n[drv]\nprefetch = 1\n\nextra = true\n", "d.toml").unwrap();
+        let err = config.section::<DriverOptions>("drv").unwrap_err();
+        assert!(err.to_string().contains("line 5") && err.to_string().contains("extra"), "{err}");
+        assert_eq!(config.section::<DriverOptions>("absent").unwrap(), DriverOptions::default());
+        let err = Config::from_toml_str("[DEFAULT\n", "broken.toml").unwrap_err();
+        assert!(err.to_string().contains("broken.toml"), "{err}");
+    }
+
+    #[test]
+    fn transport_urls_parse_hosts_and_redact_passwords() {
+        let url: TransportUrl = "rabbit://nova:s3cr%40t@h1:5672,nova:other@h2/nova?heartbeat=10"
+            .parse()
+            .unwrap();
+        assert_eq!(url.scheme, "rabbit");
+        assert_eq!(url.hosts.len(), 2);
+        assert_eq!(url.hosts[0].password.as_ref().unwrap().expose(), "s3cr@t");
+        assert_eq!(url.hosts[1].port, None);
+        assert_eq!(url.virtual_host.as_deref(), Some("nova"));
+        assert_eq!(url.query_value("heartbeat"), Some("10"));
+        let shown = format!("{url} {url:?}");
+        assert!(!shown.contains("s3cr") && !shown.contains("other"), "{shown}");
+        assert!(shown.contains("nova:***@h1:5672"), "{shown}");
+
+        let err = "rabbit://u:topsecret@h1,,h2/".parse::<TransportUrl>().unwrap_err();
+        assert!(!err.to_string().contains("topsecret"), "{err}");
+        assert!("no-scheme".parse::<TransportUrl>().is_err());
+        let memory: TransportUrl = "memory://".parse().unwrap();
+        assert!(memory.hosts.is_empty() && memory.virtual_host.is_none());
+    }
+
+    #[test]
+    fn environment_overrides_apply() {
+        let mut config = Config::default();
+        config
+            .apply_overrides([
+                ("NOVARPC_RPC_BACKEND".to_owned(), "kombu".to_owned()),
+                ("NOVARPC_RPC_RESPONSE_TIMEOUT".to_owned(), "3".to_owned()),
+                ("UNRELATED".to_owned(), "x".to_owned()),
+            ])
+            .unwrap();
+        assert_eq!(config.common().rpc_backend.as_deref(), Some("kombu"));
+        assert_eq!(config.common().rpc_response_timeout, Duration::from_secs(3));
+        let err = config
+            .apply_overrides([("NOVARPC_RPC_RESPONSE_TIMEOUT".to_owned(), "-1".to_owned())])
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::Env { .. }));
+    }
+}

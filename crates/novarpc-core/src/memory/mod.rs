@@ -1,0 +1,386 @@
+//! The `memory` driver: an in-process broker with the topology of oslo's rabbit
+//! driver (topic exchange, `topic` and `topic.server` queues, one fanout queue
+//! per listener, one reply queue per transport). Every message is encoded in the
+//! oslo envelope and decoded again, so what would not survive a broker fails here
+//! too. It is the embedded default, for examples and for services' unit tests.
+
+mod broker;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::sync::OnceLock as OnceCell;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::config::{CommonOptions, Config, ConfigError};
+use crate::envelope::{self, CallHeader, Request};
+use crate::error::{Error, Result};
+use crate::notify::Priority;
+use crate::reply::{ReplyReceiver, ReplyRegistry};
+use crate::target::Target;
+use crate::transport::{Capabilities, Delivery, DriverDescriptor, Listener, Transport};
+
+use broker::{Broker, Queue, QueueKind};
+
+const BACKEND: &str = "memory";
+
+pub const CAPABILITIES: Capabilities = Capabilities {
+    call: true,
+    multicall: true,
+    fanout: true,
+    fanout_to_server: true,
+    notifications: true,
+    publisher_confirms: false,
+    cross_process: false,
+};
+
+/// The driver's registration.
+pub const DESCRIPTOR: DriverDescriptor = DriverDescriptor {
+    name: BACKEND,
+    aliases: &["fake", "in-memory"],
+    url_schemes: &["memory", "fake"],
+    config_section: "memory",
+    capabilities: CAPABILITIES,
+    validate: |config| config.section::<MemoryOptions>("memory").map(|_| ()),
+    connect: |config| {
+        Box::pin(async move {
+            let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::from_config(&config)?);
+            Ok(transport)
+        })
+    },
+};
+
+/// Options of the `[memory]` table.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryOptions {
+    /// Transports naming the same broker share it (within one process); without
+    /// a name each transport has a broker of its own.
+    pub broker: Option<String>,
+}
+
+static NAMED_BROKERS: Mutex<Option<HashMap<String, Weak<Broker>>>> = Mutex::new(None);
+
+fn named_broker(name: &str) -> Arc<Broker> {
+    let mut brokers = NAMED_BROKERS.lock();
+    let brokers = brokers.get_or_insert_with(HashMap::new);
+    brokers.retain(|_, broker| broker.strong_count() > 0);
+    if let Some(broker) = brokers.get(name).and_then(Weak::upgrade) {
+        return broker;
+    }
+    let broker = Arc::new(Broker::default());
+    brokers.insert(name.to_owned(), Arc::downgrade(&broker));
+    broker
+}
+
+/// The in-process transport.
+#[derive(Debug)]
+pub struct MemoryTransport {
+    broker: Arc<Broker>,
+    options: CommonOptions,
+    reply: OnceCell<ReplyQueue>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug)]
+struct ReplyQueue {
+    name: String,
+    registry: Arc<ReplyRegistry>,
+}
+
+impl MemoryTransport {
+    /// A transport with a broker of its own.
+    pub fn new(options: CommonOptions) -> Self {
+        MemoryTransport::with_broker(Arc::new(Broker::default()), options)
+    }
+
+    fn with_broker(broker: Arc<Broker>, options: CommonOptions) -> Self {
+        MemoryTransport {
+            broker,
+            options,
+            reply: OnceCell::new(),
+            closed: false.into(),
+        }
+    }
+
+    pub fn from_config(config: &Config) -> std::result::Result<Self, ConfigError> {
+        let options: MemoryOptions = config.section("memory")?;
+        let broker = match &options.broker {
+            Some(name) => named_broker(name),
+            None => Arc::new(Broker::default()),
+        };
+        Ok(MemoryTransport::with_broker(broker, config.common().clone()))
+    }
+
+    /// Another transport on the same in-process broker (as a second process
+    /// would connect to the same RabbitMQ).
+    pub fn connect_sibling(&self) -> Self {
+        MemoryTransport::with_broker(self.broker.clone(), self.options.clone())
+    }
+
+    /// Publishes raw bytes to `exchange` with `routing_key`, bypassing the
+    /// envelope: for tests that put garbage on a queue.
+    pub fn publish_raw(&self, exchange: &str, routing_key: &str, body: Bytes) -> bool {
+        self.broker.publish(exchange, routing_key, None, body)
+    }
+
+    /// Names of the queues that exist now.
+    pub fn queue_names(&self) -> Vec<String> {
+        self.broker.queue_names()
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn exchange<'a>(&'a self, target: &'a Target) -> &'a str {
+        target.exchange_or(&self.options.control_exchange)
+    }
+
+    fn reply_queue(&self) -> &ReplyQueue {
+        self.reply.get_or_init(|| {
+            let name = format!("reply_{}", crate::new_uuid_hex());
+            let registry = ReplyRegistry::new();
+            self.broker.add_reply_queue(&name, &registry);
+            ReplyQueue { name, registry }
+        })
+    }
+
+    fn route(&self, target: &Target, body: Bytes) -> bool {
+        if target.fanout {
+            let exchange = format!("{}_fanout", target.topic);
+            self.broker
+                .publish(&exchange, "", target.server.as_deref(), body)
+        } else {
+            let routing_key = match &target.server {
+                Some(server) => format!("{}.{server}", target.topic),
+                None => target.topic.clone(),
+            };
+            self.broker
+                .publish(self.exchange(target), &routing_key, None, body)
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for MemoryTransport {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
+    fn options(&self) -> &CommonOptions {
+        &self.options
+    }
+
+    async fn send(&self, target: &Target, request: &Request<'_>) -> Result<()> {
+        self.check_open()?;
+        if !self.route(target, envelope::encode_request(request, None)) {
+            tracing::debug!(target_ = %target, "cast dropped: no queue is bound for it");
+        }
+        Ok(())
+    }
+
+    async fn send_call(
+        &self,
+        target: &Target,
+        request: &Request<'_>,
+        _timeout: Duration,
+    ) -> Result<ReplyReceiver> {
+        self.check_open()?;
+        let reply = self.reply_queue();
+        let msg_id = crate::new_uuid_hex();
+        let body = envelope::encode_request(
+            request,
+            Some(CallHeader {
+                msg_id: &msg_id,
+                reply_q: &reply.name,
+            }),
+        );
+        let receiver = reply.registry.register(msg_id);
+        self.route(target, body);
+        Ok(receiver)
+    }
+
+    async fn send_reply(&self, reply_q: &str, body: Bytes) -> Result<()> {
+        self.check_open()?;
+        if self.broker.deliver_reply(reply_q, &body) {
+            Ok(())
+        } else {
+            Err(Error::transport(
+                BACKEND,
+                format!("reply queue `{reply_q}` does not exist (the caller went away)"),
+            ))
+        }
+    }
+
+    async fn send_notification(&self, target: &Target, priority: Priority, body: Bytes) -> Result<()> {
+        self.check_open()?;
+        let key = format!("{}.{}", target.topic, priority.routing_name());
+        let exchange = self.exchange(target);
+        // Like oslo's notifier, declare the queue so nothing is lost before a
+        // listener appears.
+        self.broker
+            .declare_queue(&key, QueueKind::Shared, exchange, &[key.as_str()]);
+        self.broker.publish(exchange, &key, None, body);
+        Ok(())
+    }
+
+    async fn listen(&self, target: &Target) -> Result<Box<dyn Listener>> {
+        self.check_open()?;
+        let exchange = self.exchange(target);
+        let topic = target.topic.as_str();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut subscriptions = Vec::new();
+        let mut subscribe = |queue: Arc<Queue>| {
+            let source = subscriptions.len();
+            let consumer = queue.add_consumer(tx.clone(), source);
+            subscriptions.push((queue, consumer));
+        };
+        subscribe(
+            self.broker
+                .declare_queue(topic, QueueKind::Shared, exchange, &[topic]),
+        );
+        if let Some(server) = &target.server {
+            let queue = format!("{topic}.{server}");
+            subscribe(
+                self.broker
+                    .declare_queue(&queue, QueueKind::Shared, exchange, &[queue.as_str()]),
+            );
+        }
+        let fanout = format!("{topic}_fanout_{}", crate::new_uuid_hex());
+        subscribe(
+            self.broker.declare_owned_queue(
+                &fanout,
+                QueueKind::Exclusive,
+                &format!("{topic}_fanout"),
+                &[""],
+                target.server.as_deref(),
+            ),
+        );
+        Ok(Box::new(MemoryListener {
+            broker: self.broker.clone(),
+            rx,
+            subscriptions,
+            stopped: false,
+        }))
+    }
+
+    async fn listen_for_notifications(
+        &self,
+        targets: &[Target],
+        priorities: &[Priority],
+        pool: Option<&str>,
+    ) -> Result<Box<dyn Listener>> {
+        self.check_open()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut subscriptions: Vec<(Arc<Queue>, u64)> = Vec::new();
+        for target in targets {
+            let exchange = self.exchange(target);
+            for priority in priorities {
+                let key = format!("{}.{}", target.topic, priority.routing_name());
+                let queue_name = pool.unwrap_or(&key);
+                let queue = self
+                    .broker
+                    .declare_queue(queue_name, QueueKind::Shared, exchange, &[key.as_str()]);
+                if subscriptions.iter().any(|(q, _)| Arc::ptr_eq(q, &queue)) {
+                    continue;
+                }
+                let consumer = queue.add_consumer(tx.clone(), subscriptions.len());
+                subscriptions.push((queue, consumer));
+            }
+        }
+        Ok(Box::new(MemoryListener {
+            broker: self.broker.clone(),
+            rx,
+            subscriptions,
+            stopped: false,
+        }))
+    }
+
+    async fn cleanup(&self) -> Result<()> {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        if let Some(reply) = self.reply.get() {
+            self.broker.remove_reply_queue(&reply.name);
+            reply.registry.close_all();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MemoryTransport {
+    fn drop(&mut self) {
+        if let Some(reply) = self.reply.get() {
+            self.broker.remove_reply_queue(&reply.name);
+        }
+    }
+}
+
+struct MemoryListener {
+    broker: Arc<Broker>,
+    rx: mpsc::UnboundedReceiver<(usize, Bytes)>,
+    subscriptions: Vec<(Arc<Queue>, u64)>,
+    stopped: bool,
+}
+
+impl MemoryListener {
+    fn detach(&mut self) {
+        if std::mem::replace(&mut self.stopped, true) {
+            return;
+        }
+        for (queue, consumer) in &self.subscriptions {
+            queue.remove_consumer(*consumer);
+        }
+        // Hand back what was routed to us but not taken, in order, as a broker
+        // requeues a cancelled consumer's unacknowledged messages.
+        self.rx.close();
+        while let Ok((source, body)) = self.rx.try_recv() {
+            let queue = &self.subscriptions[source].0;
+            if queue.kind() == QueueKind::Shared {
+                queue.publish(body);
+            }
+        }
+        for (queue, _) in &self.subscriptions {
+            if queue.kind() == QueueKind::Exclusive {
+                self.broker.delete_queue(queue);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Listener for MemoryListener {
+    async fn next(&mut self) -> Option<Delivery> {
+        if self.stopped {
+            return None;
+        }
+        self.rx
+            .recv()
+            .await
+            .map(|(_, body)| Delivery::new(body))
+    }
+
+    async fn stop(&mut self) -> Result<()> {
+        self.detach();
+        Ok(())
+    }
+}
+
+impl Drop for MemoryListener {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}

@@ -1,0 +1,226 @@
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::envelope::{self, Context, OutgoingNotification};
+use crate::error::{Error, Result};
+use crate::target::Target;
+use crate::transport::{Listener, Transport};
+
+/// A notification as a listener receives it.
+pub type Notification = envelope::IncomingNotification;
+
+/// Notification priorities, as oslo.messaging names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Priority {
+    Audit,
+    Debug,
+    Info,
+    Warn,
+    Error,
+    Critical,
+    Sample,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 7] = [
+        Priority::Audit,
+        Priority::Debug,
+        Priority::Info,
+        Priority::Warn,
+        Priority::Error,
+        Priority::Critical,
+        Priority::Sample,
+    ];
+
+    /// The upper-case name written in the message (`INFO`).
+    pub fn wire_name(self) -> &'static str {
+        match self {
+            Priority::Audit => "AUDIT",
+            Priority::Debug => "DEBUG",
+            Priority::Info => "INFO",
+            Priority::Warn => "WARN",
+            Priority::Error => "ERROR",
+            Priority::Critical => "CRITICAL",
+            Priority::Sample => "SAMPLE",
+        }
+    }
+
+    /// The lower-case name used in routing keys (`notifications.info`).
+    pub fn routing_name(self) -> &'static str {
+        match self {
+            Priority::Audit => "audit",
+            Priority::Debug => "debug",
+            Priority::Info => "info",
+            Priority::Warn => "warn",
+            Priority::Error => "error",
+            Priority::Critical => "critical",
+            Priority::Sample => "sample",
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.routing_name())
+    }
+}
+
+/// The priority name was not one of audit, debug, info, warn, error, critical, sample.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown notification priority `{0}` (expected audit, debug, info, warn, error, critical or sample)")]
+pub struct UnknownPriority(pub String);
+
+impl FromStr for Priority {
+    type Err = UnknownPriority;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        let lower = s.to_ascii_lowercase();
+        if lower == "warning" {
+            return Ok(Priority::Warn);
+        }
+        Priority::ALL
+            .into_iter()
+            .find(|p| p.routing_name() == lower)
+            .ok_or_else(|| UnknownPriority(s.to_owned()))
+    }
+}
+
+/// Sends notifications to `<topic>.<priority>` on the control exchange
+/// (topic `notifications` unless told otherwise).
+#[derive(Clone, Debug)]
+pub struct Notifier {
+    transport: Arc<dyn Transport>,
+    publisher_id: String,
+    topics: Vec<Target>,
+}
+
+impl Notifier {
+    pub fn new(transport: Arc<dyn Transport>, publisher_id: impl Into<String>) -> Self {
+        Notifier {
+            transport,
+            publisher_id: publisher_id.into(),
+            topics: vec![Target::new("notifications")],
+        }
+    }
+
+    /// Sends to these topics instead of `notifications`.
+    pub fn topics<I, S>(mut self, topics: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.topics = topics.into_iter().map(Target::new).collect();
+        self
+    }
+
+    pub fn publisher_id(&self) -> &str {
+        &self.publisher_id
+    }
+
+    /// Sends one notification to every topic of this notifier.
+    pub async fn notify<P: Serialize + ?Sized>(
+        &self,
+        context: &Context,
+        priority: Priority,
+        event_type: &str,
+        payload: &P,
+    ) -> Result<()> {
+        let payload = serde_json::value::to_raw_value(payload).map_err(Error::Serialization)?;
+        let body = envelope::encode_notification(&OutgoingNotification {
+            publisher_id: &self.publisher_id,
+            event_type,
+            priority,
+            payload: &payload,
+            context,
+        });
+        for target in &self.topics {
+            self.transport
+                .send_notification(target, priority, body.clone())
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn info<P: Serialize + ?Sized>(
+        &self,
+        context: &Context,
+        event_type: &str,
+        payload: &P,
+    ) -> Result<()> {
+        self.notify(context, Priority::Info, event_type, payload)
+            .await
+    }
+
+    pub async fn error<P: Serialize + ?Sized>(
+        &self,
+        context: &Context,
+        event_type: &str,
+        payload: &P,
+    ) -> Result<()> {
+        self.notify(context, Priority::Error, event_type, payload)
+            .await
+    }
+}
+
+/// Receives notifications of the given priorities on the given topics.
+///
+/// Malformed messages are rejected and logged; `next` goes on to the next one.
+pub struct NotificationListener {
+    listener: Box<dyn Listener>,
+}
+
+impl fmt::Debug for NotificationListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NotificationListener").finish_non_exhaustive()
+    }
+}
+
+impl NotificationListener {
+    /// Listens on `<topic>.<priority>` for each target and priority. With a
+    /// `pool`, listeners of the same pool share the messages (one queue per pool);
+    /// without one, all listeners share the `<topic>.<priority>` queue.
+    pub async fn start(
+        transport: &Arc<dyn Transport>,
+        targets: &[Target],
+        priorities: &[Priority],
+        pool: Option<&str>,
+    ) -> Result<Self> {
+        for target in targets {
+            target.validate()?;
+        }
+        if targets.is_empty() || priorities.is_empty() {
+            return Err(Error::InvalidTarget(
+                "a notification listener needs at least one topic and one priority".into(),
+            ));
+        }
+        let listener = transport
+            .listen_for_notifications(targets, priorities, pool)
+            .await?;
+        Ok(NotificationListener { listener })
+    }
+
+    /// The next notification, or `None` once stopped.
+    pub async fn next(&mut self) -> Option<Notification> {
+        loop {
+            let delivery = self.listener.next().await?;
+            match envelope::decode_notification(&delivery.body) {
+                Ok(notification) => {
+                    delivery.ack().await;
+                    return Some(notification);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "rejecting a malformed notification");
+                    delivery.reject().await;
+                }
+            }
+        }
+    }
+
+    /// Stops consuming; notifications not yet taken stay queued.
+    pub async fn stop(mut self) -> Result<()> {
+        self.listener.stop().await
+    }
+}

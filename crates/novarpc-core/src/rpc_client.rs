@@ -1,0 +1,432 @@
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use futures::stream::{BoxStream, Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+use crate::envelope::{self, Context, Reply, Request, DISPATCHER_MODULE};
+use crate::error::{Error, Result};
+use crate::notify::{Notifier, Priority};
+use crate::reply::ReplyReceiver;
+use crate::target::{Target, Version};
+use crate::transport::Transport;
+
+/// Sends requests to a [`Target`]: `call`, `cast`, `fanout_cast`,
+/// `cast_to_server`, `fanout_cast_to_server`, `multicall` and `notify`.
+///
+/// Cheap to clone; [`RpcClient::prepare`] derives a client with another server,
+/// timeout, version, namespace or fanout, as oslo's `prepare()` does.
+#[derive(Clone, Debug)]
+pub struct RpcClient {
+    transport: Arc<dyn Transport>,
+    target: Target,
+    timeout: Duration,
+    version_cap: Option<Version>,
+}
+
+impl RpcClient {
+    /// A client for `target`, with the transport's `rpc_response_timeout`.
+    pub fn new(transport: Arc<dyn Transport>, target: Target) -> Self {
+        let timeout = transport.options().rpc_response_timeout;
+        RpcClient {
+            transport,
+            target,
+            timeout,
+            version_cap: None,
+        }
+    }
+
+    /// A copy to adjust with the builder methods below.
+    pub fn prepare(&self) -> Self {
+        self.clone()
+    }
+
+    pub fn server(mut self, server: impl Into<String>) -> Self {
+        self.target.server = Some(server.into());
+        self
+    }
+
+    pub fn fanout(mut self, fanout: bool) -> Self {
+        self.target.fanout = fanout;
+        self
+    }
+
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.target.version = Some(version.into());
+        self
+    }
+
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.target.namespace = Some(namespace.into());
+        self
+    }
+
+    pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.target.exchange = Some(exchange.into());
+        self
+    }
+
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Refuses to send messages of a version this cap does not allow.
+    pub fn version_cap(mut self, cap: Version) -> Self {
+        self.version_cap = Some(cap);
+        self
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.transport
+    }
+
+    /// Whether a message of `version` may be sent under the version cap.
+    pub fn can_send_version(&self, version: &str) -> bool {
+        match (self.version_cap, version.parse::<Version>()) {
+            (None, Ok(_)) => true,
+            (Some(cap), Ok(v)) => cap.can_handle(v),
+            (_, Err(_)) => false,
+        }
+    }
+
+    fn check_target(&self, target: &Target) -> Result<()> {
+        target.validate()?;
+        if let (Some(cap), Some(version)) = (self.version_cap, &target.version) {
+            if !cap.can_handle(version.parse()?) {
+                return Err(Error::VersionCap {
+                    version: version.clone(),
+                    cap: cap.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Invokes `method` and waits for its result, deserialized into `R`.
+    pub async fn call<R, A>(&self, context: &Context, method: &str, args: &A) -> Result<R>
+    where
+        R: DeserializeOwned,
+        A: Serialize + ?Sized,
+    {
+        let raw = self.call_raw(context, method, args).await?;
+        serde_json::from_str(raw.get()).map_err(Error::Serialization)
+    }
+
+    /// Like [`RpcClient::call`], returning the result's JSON text.
+    pub async fn call_raw<A>(&self, context: &Context, method: &str, args: &A) -> Result<Box<RawValue>>
+    where
+        A: Serialize + ?Sized,
+    {
+        let mut receiver = self.start_call(context, method, args).await?;
+        let deadline = Instant::now() + self.timeout;
+        // A streaming endpoint answers a plain call with its last element, as
+        // Nova's call did over multicall.
+        let mut last_item = None;
+        loop {
+            let reply = self.next_reply(&mut receiver, deadline, method).await?;
+            if let Some(failure) = reply.failure {
+                return Err(self.remote_error(&failure, method));
+            }
+            if reply.ending {
+                return Ok(last_item
+                    .or(reply.result)
+                    .unwrap_or_else(envelope::null_value));
+            }
+            last_item = Some(reply.result.unwrap_or_else(envelope::null_value));
+        }
+    }
+
+    /// Invokes a method that answers with a stream of replies; the stream ends
+    /// after the final reply. `timeout` applies to the wait for each reply.
+    pub async fn multicall<R, A>(
+        &self,
+        context: &Context,
+        method: &str,
+        args: &A,
+    ) -> Result<Replies<R>>
+    where
+        R: DeserializeOwned + Send + 'static,
+        A: Serialize + ?Sized,
+    {
+        let receiver = self.start_call(context, method, args).await?;
+        let state = MulticallState {
+            client: self.clone(),
+            receiver,
+            method: method.to_owned(),
+            received_items: false,
+            done: false,
+        };
+        let stream = futures::stream::unfold(state, |mut state| async move {
+            if state.done {
+                return None;
+            }
+            let item = state.next_item().await;
+            item.map(|item| {
+                let item = item.and_then(|raw| {
+                    serde_json::from_str::<R>(raw.get()).map_err(Error::Serialization)
+                });
+                (item, state)
+            })
+        });
+        Ok(Replies {
+            inner: stream.boxed(),
+        })
+    }
+
+    async fn start_call<A>(&self, context: &Context, method: &str, args: &A) -> Result<ReplyReceiver>
+    where
+        A: Serialize + ?Sized,
+    {
+        if !self.transport.capabilities().call {
+            return Err(Error::Unsupported {
+                backend: self.transport.backend(),
+                operation: "call",
+            });
+        }
+        if self.target.fanout {
+            return Err(Error::InvalidTarget("a call cannot be a fanout".into()));
+        }
+        self.check_target(&self.target)?;
+        let args = serialize_args(method, args)?;
+        let request = self.request(context, method, &args);
+        self.transport
+            .send_call(&self.target, &request, self.timeout)
+            .await
+    }
+
+    async fn next_reply(
+        &self,
+        receiver: &mut ReplyReceiver,
+        deadline: Instant,
+        method: &str,
+    ) -> Result<Reply> {
+        loop {
+            match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        method: method.to_owned(),
+                        topic: self.target.to_string(),
+                        timeout: self.timeout,
+                    })
+                }
+                Ok(None) => return Err(Error::Closed),
+                Ok(Some(reply)) if reply.is_heartbeat() => continue,
+                Ok(Some(reply)) => return Ok(reply),
+            }
+        }
+    }
+
+    fn remote_error(&self, failure: &str, method: &str) -> Error {
+        let failure = match envelope::decode_failure(failure) {
+            Ok(failure) => failure,
+            Err(error) => return error,
+        };
+        match (failure.class.as_str(), failure.module.as_str()) {
+            ("NoSuchMethod", DISPATCHER_MODULE) => Error::NoSuchMethod {
+                method: method.to_owned(),
+            },
+            ("UnsupportedVersion", DISPATCHER_MODULE) => Error::UnsupportedVersion {
+                version: self.target.version.clone().unwrap_or_else(|| "1.0".into()),
+                method: method.to_owned(),
+            },
+            _ => Error::Remote(failure),
+        }
+    }
+
+    fn request<'a>(&'a self, context: &'a Context, method: &'a str, args: &'a RawValue) -> Request<'a> {
+        Request {
+            method,
+            args,
+            namespace: self.target.namespace.as_deref(),
+            version: self.target.version.as_deref(),
+            context,
+        }
+    }
+
+    async fn send(&self, target: &Target, context: &Context, method: &str, args: &(impl Serialize + ?Sized)) -> Result<()> {
+        self.check_target(target)?;
+        let capabilities = self.transport.capabilities();
+        let unsupported = |operation| Error::Unsupported {
+            backend: self.transport.backend(),
+            operation,
+        };
+        if target.fanout && !capabilities.fanout {
+            return Err(unsupported("fanout"));
+        }
+        if target.fanout && target.server.is_some() && !capabilities.fanout_to_server {
+            return Err(unsupported("fanout to a server"));
+        }
+        let args = serialize_args(method, args)?;
+        let request = self.request(context, method, &args);
+        self.transport.send(target, &request).await
+    }
+
+    /// Invokes `method` without waiting for a result, on the client's target
+    /// (one server of the topic, or the one named by `server`).
+    pub async fn cast<A: Serialize + ?Sized>(&self, context: &Context, method: &str, args: &A) -> Result<()> {
+        self.send(&self.target, context, method, args).await
+    }
+
+    /// Invokes `method` on every server listening on the topic.
+    pub async fn fanout_cast<A: Serialize + ?Sized>(
+        &self,
+        context: &Context,
+        method: &str,
+        args: &A,
+    ) -> Result<()> {
+        let target = Target {
+            fanout: true,
+            server: None,
+            ..self.target.clone()
+        };
+        self.send(&target, context, method, args).await
+    }
+
+    /// Invokes `method` on the server (host) `server` only.
+    pub async fn cast_to_server<A: Serialize + ?Sized>(
+        &self,
+        context: &Context,
+        server: &str,
+        method: &str,
+        args: &A,
+    ) -> Result<()> {
+        let target = Target {
+            fanout: false,
+            server: Some(server.to_owned()),
+            ..self.target.clone()
+        };
+        self.send(&target, context, method, args).await
+    }
+
+    /// Invokes `method` on every listening process of the server `server`
+    /// (where a backend supports it; see [`crate::Capabilities::fanout_to_server`]).
+    pub async fn fanout_cast_to_server<A: Serialize + ?Sized>(
+        &self,
+        context: &Context,
+        server: &str,
+        method: &str,
+        args: &A,
+    ) -> Result<()> {
+        let target = Target {
+            fanout: true,
+            server: Some(server.to_owned()),
+            ..self.target.clone()
+        };
+        self.send(&target, context, method, args).await
+    }
+
+    /// Sends a notification on `notifications.<priority>`, published by
+    /// `<topic>.<server or host name>`.
+    pub async fn notify<P: Serialize + ?Sized>(
+        &self,
+        context: &Context,
+        priority: Priority,
+        event_type: &str,
+        payload: &P,
+    ) -> Result<()> {
+        let host = match &self.target.server {
+            Some(server) => server.clone(),
+            None => gethostname::gethostname().to_string_lossy().into_owned(),
+        };
+        let publisher_id = format!("{}.{host}", self.target.topic);
+        Notifier::new(self.transport.clone(), publisher_id)
+            .notify(context, priority, event_type, payload)
+            .await
+    }
+
+    /// Releases the transport's connections and broker resources.
+    pub async fn cleanup(&self) -> Result<()> {
+        self.transport.cleanup().await
+    }
+}
+
+fn serialize_args<A: Serialize + ?Sized>(method: &str, args: &A) -> Result<Box<RawValue>> {
+    let raw = serde_json::value::to_raw_value(args).map_err(Error::Serialization)?;
+    if !raw.get().starts_with('{') {
+        return Err(Error::InvalidArguments {
+            method: method.to_owned(),
+            reason: format!(
+                "arguments are keyword arguments and must serialize to a JSON object, got `{}`",
+                truncate(raw.get(), 40)
+            ),
+        });
+    }
+    Ok(raw)
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+struct MulticallState {
+    client: RpcClient,
+    receiver: ReplyReceiver,
+    method: String,
+    received_items: bool,
+    done: bool,
+}
+
+impl MulticallState {
+    async fn next_item(&mut self) -> Option<Result<Box<RawValue>>> {
+        loop {
+            let deadline = Instant::now() + self.client.timeout;
+            let reply = match self
+                .client
+                .next_reply(&mut self.receiver, deadline, &self.method)
+                .await
+            {
+                Ok(reply) => reply,
+                Err(error) => {
+                    self.done = true;
+                    return Some(Err(error));
+                }
+            };
+            if let Some(failure) = reply.failure {
+                self.done = true;
+                return Some(Err(self.client.remote_error(&failure, &self.method)));
+            }
+            if reply.ending {
+                self.done = true;
+                // A unary endpoint answers a multicall with one final result.
+                if self.received_items {
+                    return None;
+                }
+                return Some(Ok(reply.result.unwrap_or_else(envelope::null_value)));
+            }
+            self.received_items = true;
+            return Some(Ok(reply.result.unwrap_or_else(envelope::null_value)));
+        }
+    }
+}
+
+/// The replies of a [`RpcClient::multicall`], in order; ends after the final reply.
+pub struct Replies<R> {
+    inner: BoxStream<'static, Result<R>>,
+}
+
+impl<R> std::fmt::Debug for Replies<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replies").finish_non_exhaustive()
+    }
+}
+
+impl<R> Stream for Replies<R> {
+    type Item = Result<R>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.poll_next_unpin(cx)
+    }
+}

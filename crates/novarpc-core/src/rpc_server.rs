@@ -1,0 +1,490 @@
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, Stream, StreamExt};
+use futures::FutureExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::envelope::{self, Context, IncomingRequest, RemoteFailure, ReplyBody, DISPATCHER_MODULE};
+use crate::error::{Error, Result};
+use crate::target::{Target, Version};
+use crate::transport::{Delivery, Listener, Transport};
+
+/// A failure of an endpoint method, sent to the caller as a remote error.
+///
+/// Any `std::error::Error` converts into one (its type name becomes the class),
+/// so handlers can use `?`.
+#[derive(Clone, Debug)]
+pub struct EndpointError {
+    failure: RemoteFailure,
+}
+
+impl EndpointError {
+    /// A failure of class `class` (as a caller will see it) with `message`.
+    pub fn new(class: impl Into<String>, message: impl Into<String>) -> Self {
+        EndpointError {
+            failure: RemoteFailure::new(class, "novarpc", message),
+        }
+    }
+
+    /// The module part of the class name, for oslo clients' `allowed_remote_exmods`.
+    pub fn module(mut self, module: impl Into<String>) -> Self {
+        self.failure.module = module.into();
+        self
+    }
+
+    /// Traceback lines sent along with the failure.
+    pub fn traceback(mut self, lines: Vec<String>) -> Self {
+        self.failure.tb = lines;
+        self
+    }
+
+    pub fn into_failure(self) -> RemoteFailure {
+        self.failure
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for EndpointError {
+    fn from(error: E) -> Self {
+        let full = std::any::type_name::<E>();
+        let class = full.split('<').next().unwrap_or(full);
+        let class = class.rsplit("::").next().unwrap_or(class);
+        let mut lines = vec![format!("{class}: {error}\n")];
+        let mut source = error.source();
+        while let Some(cause) = source {
+            lines.push(format!("Caused by: {cause}\n"));
+            source = cause.source();
+        }
+        EndpointError::new(class, error.to_string()).traceback(lines)
+    }
+}
+
+type Outcome = std::result::Result<Box<RawValue>, RemoteFailure>;
+
+enum Response {
+    Single(Outcome),
+    Stream(BoxStream<'static, Outcome>),
+}
+
+type Handler = Arc<dyn Fn(Context, Box<RawValue>) -> BoxFuture<'static, Response> + Send + Sync>;
+
+fn bad_arguments(method: &str, error: serde_json::Error) -> RemoteFailure {
+    RemoteFailure::new(
+        "TypeError",
+        "builtins",
+        format!("{method}() got invalid arguments: {error}"),
+    )
+}
+
+fn encode_result<R: Serialize>(value: &R) -> Outcome {
+    serde_json::value::to_raw_value(value).map_err(|e| {
+        RemoteFailure::new(
+            "SerializationError",
+            "novarpc",
+            format!("cannot serialize the result: {e}"),
+        )
+    })
+}
+
+/// A set of methods served under one namespace and version, like an oslo
+/// endpoint object.
+pub struct Endpoint {
+    namespace: Option<String>,
+    version: Version,
+    methods: HashMap<String, Handler>,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut methods: Vec<_> = self.methods.keys().collect();
+        methods.sort();
+        f.debug_struct("Endpoint")
+            .field("namespace", &self.namespace)
+            .field("version", &self.version)
+            .field("methods", &methods)
+            .finish()
+    }
+}
+
+impl Default for Endpoint {
+    fn default() -> Self {
+        Endpoint::new()
+    }
+}
+
+impl Endpoint {
+    /// An endpoint in the default namespace, version 1.0.
+    pub fn new() -> Self {
+        Endpoint {
+            namespace: None,
+            version: Version::default(),
+            methods: HashMap::new(),
+        }
+    }
+
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// The API version this endpoint implements; it handles requests of the same
+    /// major version and a minor version up to this one.
+    pub fn version(mut self, version: Version) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// Registers an async method taking typed keyword arguments. Names starting
+    /// with `_` are never dispatched (oslo's rule for private methods).
+    pub fn method<A, R, E, F, Fut>(mut self, name: &str, handler: F) -> Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        E: Into<EndpointError> + Send + 'static,
+        F: Fn(Context, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<R, E>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let method = name.to_owned();
+        let erased: Handler = Arc::new(move |context, args: Box<RawValue>| {
+            let args = match serde_json::from_str::<A>(args.get()) {
+                Ok(args) => args,
+                Err(e) => {
+                    let failure = bad_arguments(&method, e);
+                    return futures::future::ready(Response::Single(Err(failure))).boxed();
+                }
+            };
+            let fut = handler(context, args);
+            async move {
+                Response::Single(match fut.await {
+                    Ok(value) => encode_result(&value),
+                    Err(e) => Err(e.into().failure),
+                })
+            }
+            .boxed()
+        });
+        self.methods.insert(name.to_owned(), erased);
+        self
+    }
+
+    /// Registers a method whose result is a stream of values, for `multicall`.
+    /// A plain `call` of it gets the last value.
+    pub fn stream_method<A, R, E, F, S>(mut self, name: &str, handler: F) -> Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        E: Into<EndpointError> + Send + 'static,
+        F: Fn(Context, A) -> S + Send + Sync + 'static,
+        S: Stream<Item = std::result::Result<R, E>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let method = name.to_owned();
+        let erased: Handler = Arc::new(move |context, args: Box<RawValue>| {
+            let response = match serde_json::from_str::<A>(args.get()) {
+                Ok(args) => Response::Stream(
+                    handler(context, args)
+                        .map(|item| match item {
+                            Ok(value) => encode_result(&value),
+                            Err(e) => Err(e.into().failure),
+                        })
+                        .boxed(),
+                ),
+                Err(e) => Response::Single(Err(bad_arguments(&method, e))),
+            };
+            futures::future::ready(response).boxed()
+        });
+        self.methods.insert(name.to_owned(), erased);
+        self
+    }
+}
+
+struct Dispatcher {
+    endpoints: Vec<Endpoint>,
+}
+
+impl Dispatcher {
+    /// oslo's dispatch rule: the first endpoint whose namespace matches and whose
+    /// version can handle the request's, and that has the method.
+    fn find(&self, request: &IncomingRequest) -> std::result::Result<&Handler, RemoteFailure> {
+        let no_such_method = || {
+            RemoteFailure::new(
+                "NoSuchMethod",
+                DISPATCHER_MODULE,
+                format!("Endpoint does not support RPC method {}", request.method),
+            )
+        };
+        let unsupported = |version: &str| {
+            RemoteFailure::new(
+                "UnsupportedVersion",
+                DISPATCHER_MODULE,
+                format!(
+                    "Endpoint does not support RPC version {version}. Attempted method: {}",
+                    request.method
+                ),
+            )
+        };
+        if request.method.starts_with('_') {
+            return Err(no_such_method());
+        }
+        let version_text = request.version.as_deref().unwrap_or("1.0");
+        let version: Version = version_text
+            .parse()
+            .map_err(|_| unsupported(version_text))?;
+        let mut found_compatible = false;
+        for endpoint in &self.endpoints {
+            if endpoint.namespace != request.namespace || !endpoint.version.can_handle(version) {
+                continue;
+            }
+            if let Some(handler) = endpoint.methods.get(&request.method) {
+                return Ok(handler);
+            }
+            found_compatible = true;
+        }
+        Err(if found_compatible {
+            no_such_method()
+        } else {
+            unsupported(version_text)
+        })
+    }
+}
+
+/// Configures and starts an [`RpcServer`].
+pub struct RpcServerBuilder {
+    transport: Arc<dyn Transport>,
+    target: Target,
+    endpoints: Vec<Endpoint>,
+    executor_size: usize,
+}
+
+impl fmt::Debug for RpcServerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RpcServerBuilder")
+            .field("target", &self.target)
+            .field("endpoints", &self.endpoints)
+            .field("executor_size", &self.executor_size)
+            .finish()
+    }
+}
+
+impl RpcServerBuilder {
+    pub fn endpoint(mut self, endpoint: Endpoint) -> Self {
+        self.endpoints.push(endpoint);
+        self
+    }
+
+    /// How many requests run at once (default: `executor_thread_pool_size`).
+    pub fn executor_size(mut self, size: usize) -> Self {
+        self.executor_size = size.max(1);
+        self
+    }
+
+    /// Starts consuming. The server needs a topic and a server name, as oslo's does.
+    pub async fn start(self) -> Result<RpcServer> {
+        self.target.validate()?;
+        if self.target.server.is_none() {
+            return Err(Error::InvalidTarget(
+                "an RPC server needs a server (host) name in its target".into(),
+            ));
+        }
+        let listener = self.transport.listen(&self.target).await?;
+        let shared = Arc::new(Shared {
+            transport: self.transport,
+            dispatcher: Dispatcher {
+                endpoints: self.endpoints,
+            },
+        });
+        let token = CancellationToken::new();
+        let task = tokio::spawn(serve(
+            listener,
+            shared,
+            Arc::new(Semaphore::new(self.executor_size)),
+            token.clone(),
+        ));
+        tracing::debug!(target_ = %self.target, "rpc server started");
+        Ok(RpcServer {
+            target: self.target,
+            token,
+            task: Some(task),
+        })
+    }
+}
+
+struct Shared {
+    transport: Arc<dyn Transport>,
+    dispatcher: Dispatcher,
+}
+
+/// Serves endpoints on a target until stopped. Dropping it stops it too (in
+/// the background); [`RpcServer::stop`] waits for in-flight requests.
+pub struct RpcServer {
+    target: Target,
+    token: CancellationToken,
+    task: Option<JoinHandle<Result<()>>>,
+}
+
+impl fmt::Debug for RpcServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RpcServer")
+            .field("target", &self.target)
+            .field("stopped", &self.token.is_cancelled())
+            .finish()
+    }
+}
+
+impl RpcServer {
+    pub fn builder(transport: Arc<dyn Transport>, target: Target) -> RpcServerBuilder {
+        let executor_size = transport.options().executor_thread_pool_size;
+        RpcServerBuilder {
+            transport,
+            target,
+            endpoints: Vec::new(),
+            executor_size,
+        }
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Stops taking messages (those not yet taken stay queued for other
+    /// servers), finishes the requests in flight, then returns.
+    pub async fn stop(mut self) -> Result<()> {
+        self.token.cancel();
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RpcServer {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+async fn serve(
+    mut listener: Box<dyn Listener>,
+    shared: Arc<Shared>,
+    executor: Arc<Semaphore>,
+    token: CancellationToken,
+) -> Result<()> {
+    let in_flight = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = token.cancelled() => break,
+            permit = executor.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+        };
+        let delivery = tokio::select! {
+            biased;
+            _ = token.cancelled() => break,
+            delivery = listener.next() => match delivery {
+                Some(delivery) => delivery,
+                None => break,
+            },
+        };
+        let shared = shared.clone();
+        in_flight.spawn(async move {
+            process(delivery, &shared).await;
+            drop(permit);
+        });
+    }
+    let stopped = listener.stop().await;
+    in_flight.close();
+    in_flight.wait().await;
+    stopped
+}
+
+async fn process(delivery: Delivery, shared: &Shared) {
+    let request = match envelope::decode_request(&delivery.body) {
+        Ok(request) => request,
+        Err(error) => {
+            tracing::warn!(%error, body_len = delivery.body.len(), "rejecting a malformed request");
+            delivery.reject().await;
+            return;
+        }
+    };
+    delivery.ack().await;
+    let reply_to = match (&request.msg_id, &request.reply_q) {
+        (Some(msg_id), Some(reply_q)) => Some((msg_id.clone(), reply_q.clone())),
+        _ => None,
+    };
+    let response = match shared.dispatcher.find(&request) {
+        Ok(handler) => {
+            let IncomingRequest { context, args, .. } = request;
+            let call = AssertUnwindSafe(handler(context, args)).catch_unwind();
+            match call.await {
+                Ok(response) => response,
+                Err(panic) => Response::Single(Err(panic_failure(panic))),
+            }
+        }
+        Err(failure) => Response::Single(Err(failure)),
+    };
+    let method = &request.method;
+    let Some((msg_id, reply_q)) = reply_to else {
+        match response {
+            Response::Single(Err(failure)) => {
+                tracing::warn!(method = %method, %failure, "cast failed")
+            }
+            Response::Single(Ok(_)) => {}
+            Response::Stream(mut stream) => {
+                while let Some(item) = stream.next().await {
+                    if let Err(failure) = item {
+                        tracing::warn!(method = %method, %failure, "cast failed");
+                        break;
+                    }
+                }
+            }
+        }
+        return;
+    };
+    let reply = |body: ReplyBody<'_>| {
+        let bytes = envelope::encode_reply(&msg_id, body);
+        let transport = &shared.transport;
+        let reply_q = &reply_q;
+        async move {
+            if let Err(error) = transport.send_reply(reply_q, bytes).await {
+                tracing::warn!(%error, reply_q = %reply_q, method = %method, "could not send a reply");
+            }
+        }
+    };
+    match response {
+        Response::Single(Ok(value)) => reply(ReplyBody::Result(&value)).await,
+        Response::Single(Err(failure)) => reply(ReplyBody::Failure(&failure)).await,
+        Response::Stream(mut stream) => {
+            let mut seq = 0;
+            loop {
+                match AssertUnwindSafe(stream.next()).catch_unwind().await {
+                    Ok(Some(Ok(value))) => {
+                        reply(ReplyBody::StreamItem { seq, value: &value }).await;
+                        seq += 1;
+                    }
+                    Ok(Some(Err(failure))) => break reply(ReplyBody::Failure(&failure)).await,
+                    Ok(None) => break reply(ReplyBody::End).await,
+                    Err(panic) => break reply(ReplyBody::Failure(&panic_failure(panic))).await,
+                }
+            }
+        }
+    }
+}
+
+fn panic_failure(panic: Box<dyn std::any::Any + Send>) -> RemoteFailure {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "the handler panicked".to_owned());
+    tracing::error!(%message, "an endpoint method panicked");
+    RemoteFailure::new("Panic", "novarpc", message)
+}

@@ -1,0 +1,188 @@
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::Error;
+
+/// Where a message goes, in oslo.messaging's terms.
+///
+/// `exchange` defaults to the transport's `control_exchange`; `topic` names the
+/// service (`compute`); `server` picks one host's queue (`compute.host1`);
+/// `fanout` sends to every server listening on the topic.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub exchange: Option<String>,
+    pub topic: String,
+    pub server: Option<String>,
+    pub fanout: bool,
+    pub namespace: Option<String>,
+    pub version: Option<String>,
+}
+
+impl Target {
+    /// A target for `topic` on the control exchange.
+    pub fn new(topic: impl Into<String>) -> Self {
+        Target {
+            topic: topic.into(),
+            ..Target::default()
+        }
+    }
+
+    pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.exchange = Some(exchange.into());
+        self
+    }
+
+    pub fn server(mut self, server: impl Into<String>) -> Self {
+        self.server = Some(server.into());
+        self
+    }
+
+    pub fn fanout(mut self, fanout: bool) -> Self {
+        self.fanout = fanout;
+        self
+    }
+
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
+    }
+
+    /// The exchange to use, given the transport's control exchange.
+    pub fn exchange_or<'a>(&'a self, control_exchange: &'a str) -> &'a str {
+        self.exchange.as_deref().unwrap_or(control_exchange)
+    }
+
+    /// Checks that the target can be routed by every backend.
+    pub fn validate(&self) -> Result<(), Error> {
+        fn check(what: &str, value: &str) -> Result<(), Error> {
+            if value.is_empty() {
+                return Err(Error::InvalidTarget(format!("{what} must not be empty")));
+            }
+            // '#' and '*' are AMQP topic wildcards; ',' and whitespace break queue names.
+            if let Some(c) = value
+                .chars()
+                .find(|c| matches!(c, '#' | '*' | ',') || c.is_whitespace() || c.is_control())
+            {
+                return Err(Error::InvalidTarget(format!(
+                    "{what} `{value}` contains the character {c:?}"
+                )));
+            }
+            Ok(())
+        }
+        check("topic", &self.topic)?;
+        if let Some(server) = &self.server {
+            check("server", server)?;
+        }
+        if let Some(exchange) = &self.exchange {
+            check("exchange", exchange)?;
+        }
+        if let Some(version) = &self.version {
+            version.parse::<Version>()?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.topic)?;
+        if let Some(server) = &self.server {
+            write!(f, ".{server}")?;
+        }
+        if self.fanout {
+            write!(f, " (fanout)")?;
+        }
+        Ok(())
+    }
+}
+
+/// An RPC API version, `MAJOR.MINOR`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl Version {
+    pub const fn new(major: u32, minor: u32) -> Self {
+        Version { major, minor }
+    }
+
+    /// oslo's rule: a message of version `requested` can be handled by an
+    /// endpoint of version `self` when majors match and `requested.minor <= self.minor`.
+    pub fn can_handle(&self, requested: Version) -> bool {
+        self.major == requested.major && requested.minor <= self.minor
+    }
+}
+
+impl Default for Version {
+    fn default() -> Self {
+        Version::new(1, 0)
+    }
+}
+
+impl FromStr for Version {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = || Error::InvalidVersion(s.to_owned());
+        let (major, minor) = match s.split_once('.') {
+            Some((major, minor)) => (major, minor),
+            None => (s, "0"),
+        };
+        let parse = |part: &str| {
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            part.parse::<u32>().map_err(|_| bad())
+        };
+        Ok(Version::new(parse(major)?, parse(minor)?))
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_and_compare() {
+        assert_eq!("1.3".parse::<Version>().unwrap(), Version::new(1, 3));
+        assert_eq!("2".parse::<Version>().unwrap(), Version::new(2, 0));
+        for bad in ["", "a", "1.", "1.x", "-1", "1.2.3"] {
+            assert!(
+                matches!(bad.parse::<Version>(), Err(Error::InvalidVersion(_))),
+                "{bad}"
+            );
+        }
+        let endpoint = Version::new(1, 3);
+        assert!(endpoint.can_handle(Version::new(1, 0)));
+        assert!(endpoint.can_handle(Version::new(1, 3)));
+        assert!(!endpoint.can_handle(Version::new(1, 4)));
+        assert!(!endpoint.can_handle(Version::new(2, 0)));
+    }
+
+    #[test]
+    fn targets_reject_unroutable_names() {
+        assert!(Target::new("compute").server("h1").validate().is_ok());
+        assert!(matches!(Target::new("").validate(), Err(Error::InvalidTarget(_))));
+        assert!(matches!(
+            Target::new("a#b").validate(),
+            Err(Error::InvalidTarget(_))
+        ));
+        assert!(matches!(
+            Target::new("t").version("x").validate(),
+            Err(Error::InvalidVersion(_))
+        ));
+    }
+}
