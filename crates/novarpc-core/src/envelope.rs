@@ -7,9 +7,11 @@
 //! `_context_<key>`, and on calls `_msg_id`, `_reply_q` and `_timeout`. Replies
 //! carry `result`, `failure` (a JSON string), `ending` and `_msg_id`.
 //!
-//! novarpc extends replies with `_seq` on multicall stream elements, so that an
+//! novarpc extends replies with `_seq` on multicall stream elements (their
+//! position) and on the stream's final reply (the element count), so that an
 //! element whose value is `null` is never mistaken for oslo's call-monitor
-//! heartbeat (`ending: false`, no result).
+//! heartbeat (`ending: false`, no result), and the end of an empty stream is
+//! not mistaken for a unary `null` result. oslo clients ignore the key.
 
 use std::fmt;
 
@@ -71,7 +73,8 @@ pub struct Reply {
     /// The oslo-serialized failure (a JSON document in a string).
     pub failure: Option<String>,
     pub ending: bool,
-    /// novarpc multicall: the position of a stream element.
+    /// novarpc multicall: the position of a stream element, or on the final
+    /// reply of a stream the number of elements.
     pub seq: Option<u64>,
 }
 
@@ -322,8 +325,8 @@ pub enum ReplyBody<'a> {
     Failure(&'a RemoteFailure),
     /// One element of a multicall stream.
     StreamItem { seq: u64, value: &'a RawValue },
-    /// The end of a multicall stream.
-    End,
+    /// The end of a multicall stream of `count` elements.
+    End { count: u64 },
     /// oslo's call-monitor heartbeat.
     Heartbeat,
 }
@@ -350,8 +353,11 @@ impl Serialize for InnerReply<'_> {
             ReplyBody::StreamItem { .. } | ReplyBody::Heartbeat
         );
         map.serialize_entry("ending", &ending)?;
-        if let ReplyBody::StreamItem { seq, .. } = self.body {
-            map.serialize_entry("_seq", &seq)?;
+        match self.body {
+            ReplyBody::StreamItem { seq, .. } | ReplyBody::End { count: seq } => {
+                map.serialize_entry("_seq", &seq)?
+            }
+            _ => {}
         }
         map.serialize_entry("_msg_id", self.msg_id)?;
         map.serialize_entry("_unique_id", self.unique_id)?;

@@ -116,6 +116,15 @@ impl Notifier {
         self
     }
 
+    /// Sends on `exchange` instead of the control exchange.
+    pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
+        let exchange = exchange.into();
+        for target in &mut self.topics {
+            target.exchange = Some(exchange.clone());
+        }
+        self
+    }
+
     pub fn publisher_id(&self) -> &str {
         &self.publisher_id
     }

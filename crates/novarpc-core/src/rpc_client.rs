@@ -138,9 +138,12 @@ impl RpcClient {
                 return Err(self.remote_error(&failure, method));
             }
             if reply.ending {
-                return Ok(last_item
-                    .or(reply.result)
-                    .unwrap_or_else(envelope::null_value));
+                let result = match reply.seq {
+                    // The end of a stream: its last element is the result.
+                    Some(_) => last_item,
+                    None => last_item.or(reply.result),
+                };
+                return Ok(result.unwrap_or_else(envelope::null_value));
             }
             last_item = Some(reply.result.unwrap_or_else(envelope::null_value));
         }
@@ -381,34 +384,33 @@ struct MulticallState {
 
 impl MulticallState {
     async fn next_item(&mut self) -> Option<Result<Box<RawValue>>> {
-        loop {
-            let deadline = Instant::now() + self.client.timeout;
-            let reply = match self
-                .client
-                .next_reply(&mut self.receiver, deadline, &self.method)
-                .await
-            {
-                Ok(reply) => reply,
-                Err(error) => {
-                    self.done = true;
-                    return Some(Err(error));
-                }
-            };
-            if let Some(failure) = reply.failure {
+        let deadline = Instant::now() + self.client.timeout;
+        let reply = match self
+            .client
+            .next_reply(&mut self.receiver, deadline, &self.method)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(error) => {
                 self.done = true;
-                return Some(Err(self.client.remote_error(&failure, &self.method)));
+                return Some(Err(error));
             }
-            if reply.ending {
-                self.done = true;
-                // A unary endpoint answers a multicall with one final result.
-                if self.received_items {
-                    return None;
-                }
-                return Some(Ok(reply.result.unwrap_or_else(envelope::null_value)));
-            }
-            self.received_items = true;
-            return Some(Ok(reply.result.unwrap_or_else(envelope::null_value)));
+        };
+        if let Some(failure) = reply.failure {
+            self.done = true;
+            return Some(Err(self.client.remote_error(&failure, &self.method)));
         }
+        if reply.ending {
+            self.done = true;
+            // The end of a stream carries its element count; a unary endpoint
+            // answers a multicall with one final result.
+            if self.received_items || reply.seq.is_some() {
+                return None;
+            }
+        } else {
+            self.received_items = true;
+        }
+        Some(Ok(reply.result.unwrap_or_else(envelope::null_value)))
     }
 }
 

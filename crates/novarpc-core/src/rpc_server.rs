@@ -471,7 +471,7 @@ async fn process(delivery: Delivery, shared: &Shared) {
                         seq += 1;
                     }
                     Ok(Some(Err(failure))) => break reply(ReplyBody::Failure(&failure)).await,
-                    Ok(None) => break reply(ReplyBody::End).await,
+                    Ok(None) => break reply(ReplyBody::End { count: seq }).await,
                     Err(panic) => break reply(ReplyBody::Failure(&panic_failure(panic))).await,
                 }
             }

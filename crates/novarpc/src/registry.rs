@@ -1,0 +1,230 @@
+use std::sync::Arc;
+
+use novarpc_core::{Config, ConfigError, DriverDescriptor, Error, Transport};
+
+/// The drivers novarpc can build, looked up by `rpc_backend` name or alias, or by
+/// the scheme of `transport_url`.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    drivers: Vec<DriverDescriptor>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::builtin()
+    }
+}
+
+impl Registry {
+    /// The drivers compiled in: `memory` always, the others by cargo feature.
+    pub fn builtin() -> Self {
+        let drivers = vec![novarpc_core::memory::DESCRIPTOR];
+        Registry { drivers }
+    }
+
+    /// A registry with no drivers, to fill with [`Registry::register`].
+    pub fn empty() -> Self {
+        Registry {
+            drivers: Vec::new(),
+        }
+    }
+
+    /// Adds a driver; a name, alias or scheme already taken is an error.
+    pub fn register(&mut self, driver: DriverDescriptor) -> Result<(), ConfigError> {
+        let names = std::iter::once(driver.name).chain(driver.aliases.iter().copied());
+        for name in names {
+            if let Some(existing) = self.by_name(name) {
+                return Err(ConfigError::Invalid {
+                    origin: "driver registry".into(),
+                    line: None,
+                    key: "name".into(),
+                    message: format!("`{name}` is already registered by driver `{}`", existing.name),
+                });
+            }
+        }
+        for scheme in driver.url_schemes {
+            if let Some(existing) = self.by_scheme(scheme) {
+                return Err(ConfigError::Invalid {
+                    origin: "driver registry".into(),
+                    line: None,
+                    key: "url_schemes".into(),
+                    message: format!("scheme `{scheme}` is already registered by driver `{}`", existing.name),
+                });
+            }
+        }
+        self.drivers.push(driver);
+        Ok(())
+    }
+
+    pub fn drivers(&self) -> &[DriverDescriptor] {
+        &self.drivers
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&DriverDescriptor> {
+        self.drivers.iter().find(|d| d.answers_to(name))
+    }
+
+    pub fn by_scheme(&self, scheme: &str) -> Option<&DriverDescriptor> {
+        self.drivers
+            .iter()
+            .find(|d| d.url_schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)))
+    }
+
+    fn available(&self) -> String {
+        self.drivers
+            .iter()
+            .map(|d| {
+                if d.aliases.is_empty() {
+                    d.name.to_owned()
+                } else {
+                    format!("{} (aliases: {})", d.name, d.aliases.join(", "))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The driver `config` selects: `rpc_backend` if set, else the transport
+    /// URL's scheme, else `memory`.
+    pub fn resolve(&self, config: &Config) -> Result<&DriverDescriptor, ConfigError> {
+        let common = config.common();
+        let by_url = match &common.transport_url {
+            Some(url) => Some(self.by_scheme(&url.scheme).ok_or_else(|| ConfigError::Invalid {
+                origin: config.origin().to_owned(),
+                line: None,
+                key: "DEFAULT.transport_url".into(),
+                message: format!(
+                    "no backend handles the scheme `{}`; known schemes: {}",
+                    url.scheme,
+                    self.drivers
+                        .iter()
+                        .flat_map(|d| d.url_schemes.iter().copied())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })?),
+            None => None,
+        };
+        let by_name = match &common.rpc_backend {
+            Some(name) => Some(self.by_name(name).ok_or_else(|| ConfigError::UnknownBackend {
+                origin: config.origin().to_owned(),
+                name: name.clone(),
+                available: self.available(),
+            })?),
+            None => None,
+        };
+        match (by_name, by_url) {
+            (Some(named), Some(url_driver)) if named.name != url_driver.name => {
+                Err(ConfigError::Invalid {
+                    origin: config.origin().to_owned(),
+                    line: None,
+                    key: "DEFAULT.transport_url".into(),
+                    message: format!(
+                        "rpc_backend selects `{}` but the transport URL's scheme selects `{}`",
+                        named.name, url_driver.name
+                    ),
+                })
+            }
+            (Some(driver), _) | (None, Some(driver)) => Ok(driver),
+            (None, None) => self.by_name("memory").ok_or_else(|| ConfigError::UnknownBackend {
+                origin: config.origin().to_owned(),
+                name: "memory".into(),
+                available: self.available(),
+            }),
+        }
+    }
+
+    /// Checks that every table is known and every driver table parses, and
+    /// returns the selected driver. Does no I/O.
+    pub fn validate(&self, config: &Config) -> Result<&DriverDescriptor, ConfigError> {
+        let selected = self.resolve(config)?;
+        for (table, line) in config.tables() {
+            if table == "DEFAULT" {
+                continue;
+            }
+            match self.drivers.iter().find(|d| d.config_section == table) {
+                Some(driver) => (driver.validate)(config)?,
+                None => {
+                    let mut known = vec!["DEFAULT"];
+                    known.extend(self.drivers.iter().map(|d| d.config_section));
+                    return Err(ConfigError::UnknownTable {
+                        origin: config.origin().to_owned(),
+                        line,
+                        table,
+                        known: known.join(", "),
+                    });
+                }
+            }
+        }
+        (selected.validate)(config)?;
+        Ok(selected)
+    }
+
+    /// Validates `config` and builds the transport of the driver it selects.
+    pub async fn connect(&self, config: &Config) -> Result<Arc<dyn Transport>, Error> {
+        let driver = self.validate(config)?;
+        (driver.connect)(config.clone()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::from_toml_str(text, "test.toml").unwrap()
+    }
+
+    #[test]
+    fn selects_by_name_alias_scheme_and_default() {
+        let registry = Registry::builtin();
+        assert_eq!(registry.resolve(&config("")).unwrap().name, "memory");
+        assert_eq!(
+            registry
+                .resolve(&config("[DEFAULT]\nrpc_backend = \"fake\"\n"))
+                .unwrap()
+                .name,
+            "memory"
+        );
+        assert_eq!(
+            registry
+                .resolve(&config("[DEFAULT]\ntransport_url = \"memory://\"\n"))
+                .unwrap()
+                .name,
+            "memory"
+        );
+    }
+
+    #[test]
+    fn unknown_backend_lists_the_available_ones() {
+        let err = Registry::builtin()
+            .resolve(&config("[DEFAULT]\nrpc_backend = \"zeromq\"\n"))
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownBackend { .. }));
+        let text = err.to_string();
+        assert!(text.contains("zeromq") && text.contains("memory"), "{text}");
+    }
+
+    #[test]
+    fn unknown_tables_and_scheme_conflicts_are_errors() {
+        let registry = Registry::builtin();
+        let err = registry
+            .validate(&config("[DEFAULT]\nrpc_backend = \"memory\"\n\n[zmq]\nx = 1\n"))
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownTable { line: Some(4), .. }), "{err}");
+        let err = registry
+            .validate(&config("[memory]\nbogus = 1\n"))
+            .unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let err = registry
+            .resolve(&config("[DEFAULT]\ntransport_url = \"gopher://h/\"\n"))
+            .unwrap_err();
+        assert!(err.to_string().contains("gopher"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_registration_is_refused() {
+        let mut registry = Registry::builtin();
+        assert!(registry.register(novarpc_core::memory::DESCRIPTOR).is_err());
+    }
+}

@@ -1,0 +1,92 @@
+//! The conformance suite: one set of behaviour tests, generic over a
+//! [`Backend`] (a way to build transports), run against every backend.
+//!
+//! A backend's test file is one line: `conformance_suite!(backends::memory());`.
+
+pub mod backends;
+pub mod suite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use novarpc::Transport;
+
+/// A way to build transports to one broker, for the suite.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+
+    /// A fresh transport; transports of one backend value share the broker (as
+    /// processes share RabbitMQ), so a client and servers can meet.
+    async fn transport(&self) -> anyhow::Result<Arc<dyn Transport>>;
+
+    /// Puts raw bytes on `exchange` with `routing_key`, bypassing novarpc.
+    async fn publish_raw(&self, exchange: &str, routing_key: &str, body: &[u8]) -> anyhow::Result<()>;
+
+    /// How long a message takes to be routed at most (for "nothing arrived" checks).
+    fn settle_time(&self) -> Duration {
+        Duration::from_millis(200)
+    }
+}
+
+/// A name no other test uses, for exchanges and topics.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Logs to the test output (once per process), honouring `RUST_LOG`.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Generates one `#[tokio::test]` per suite test for a backend expression.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($backend:expr) => {
+        $crate::conformance_suite!(@tests $backend;
+            call_returns_typed_result,
+            call_accepts_dynamic_json,
+            cast_reaches_one_server,
+            fanout_cast_reaches_every_server,
+            cast_to_server_reaches_only_it,
+            fanout_cast_to_server_reaches_only_its_listeners,
+            casts_round_robin_over_servers,
+            multicall_streams_in_order_then_ends,
+            multicall_of_unary_method_yields_its_result,
+            call_of_streaming_method_returns_last_element,
+            streaming_failure_ends_the_stream,
+            notifications_reach_listeners_by_priority,
+            call_to_unserved_topic_times_out,
+            remote_error_carries_class_message_and_traceback,
+            unknown_and_private_methods_are_no_such_method,
+            invalid_arguments_are_reported,
+            version_dispatch_follows_oslo_rules,
+            namespace_dispatch_selects_endpoint,
+            version_cap_refuses_newer_messages,
+            thousand_concurrent_calls_complete,
+            graceful_stop_finishes_in_flight_work,
+            context_round_trips,
+            large_and_unicode_payloads_survive,
+            malformed_message_is_rejected_and_server_keeps_serving,
+            panicking_handler_becomes_remote_error,
+            cleanup_fails_waiting_and_later_calls,
+        );
+    };
+    (@tests $backend:expr; $($test:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                $crate::init_tracing();
+                let backend = $backend;
+                $crate::suite::$test(&backend).await.unwrap();
+            }
+        )*
+    };
+}

@@ -1,0 +1,2 @@
+//! The conformance suite on the in-process backend.
+novarpc_conformance::conformance_suite!(novarpc_conformance::backends::memory());
