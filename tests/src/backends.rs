@@ -21,7 +21,8 @@ pub fn memory() -> MemoryBackend {
         "[DEFAULT]\nrpc_backend = \"memory\"\nrpc_response_timeout = 10\n\n[memory]\nbroker = \"{}\"\n",
         crate::unique("conformance")
     );
-    let config = novarpc::Config::from_toml_str(&text, "<conformance memory>").expect("valid config");
+    let config =
+        novarpc::Config::from_toml_str(&text, "<conformance memory>").expect("valid config");
     let raw = MemoryTransport::from_config(&config).expect("memory transport");
     MemoryBackend { config, raw }
 }
@@ -36,7 +37,12 @@ impl Backend for MemoryBackend {
         Ok(novarpc::connect(&self.config).await?)
     }
 
-    async fn publish_raw(&self, exchange: &str, routing_key: &str, body: &[u8]) -> anyhow::Result<()> {
+    async fn publish_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+    ) -> anyhow::Result<()> {
         anyhow::ensure!(
             self.raw
                 .publish_raw(exchange, routing_key, Bytes::copy_from_slice(body)),

@@ -22,7 +22,12 @@ pub trait Backend: Send + Sync + 'static {
     async fn transport(&self) -> anyhow::Result<Arc<dyn Transport>>;
 
     /// Puts raw bytes on `exchange` with `routing_key`, bypassing novarpc.
-    async fn publish_raw(&self, exchange: &str, routing_key: &str, body: &[u8]) -> anyhow::Result<()>;
+    async fn publish_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+    ) -> anyhow::Result<()>;
 
     /// How long a message takes to be routed at most (for "nothing arrived" checks).
     fn settle_time(&self) -> Duration {
@@ -32,15 +37,17 @@ pub trait Backend: Send + Sync + 'static {
 
 /// A name no other test uses, for exchanges and topics.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 /// Logs to the test output (once per process), honouring `RUST_LOG`.
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_test_writer()
         .try_init();

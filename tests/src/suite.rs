@@ -49,8 +49,12 @@ fn standard_endpoint(server: &str, records: mpsc::UnboundedSender<Record>) -> En
     let name = server.to_owned();
     let whoami = server.to_owned();
     Endpoint::new()
-        .method("echo", |_ctx, args: ValueArgs| async move { Ok::<_, EndpointError>(args.value) })
-        .method("add", |_ctx, args: AddArgs| async move { Ok::<_, EndpointError>(args.a + args.b) })
+        .method("echo", |_ctx, args: ValueArgs| async move {
+            Ok::<_, EndpointError>(args.value)
+        })
+        .method("add", |_ctx, args: AddArgs| async move {
+            Ok::<_, EndpointError>(args.a + args.b)
+        })
         .method("record", move |_ctx, args: ValueArgs| {
             let records = records.clone();
             let name = name.clone();
@@ -63,7 +67,9 @@ fn standard_endpoint(server: &str, records: mpsc::UnboundedSender<Record>) -> En
             let whoami = whoami.clone();
             async move { Ok::<_, EndpointError>(whoami) }
         })
-        .method("context", |ctx: Context, _: NoArgs| async move { Ok::<_, EndpointError>(ctx) })
+        .method("context", |ctx: Context, _: NoArgs| async move {
+            Ok::<_, EndpointError>(ctx)
+        })
         .method("fail", |_ctx, args: MessageArgs| async move {
             Err::<(), _>(
                 EndpointError::new("ValueError", args.message)
@@ -72,7 +78,10 @@ fn standard_endpoint(server: &str, records: mpsc::UnboundedSender<Record>) -> En
             )
         })
         .method("io_fail", |_ctx, _: NoArgs| async move {
-            Err::<(), _>(std::io::Error::new(std::io::ErrorKind::NotFound, "disk gone"))
+            Err::<(), _>(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "disk gone",
+            ))
         })
         .method("panic", |_ctx, _: NoArgs| async move {
             if true {
@@ -80,7 +89,9 @@ fn standard_endpoint(server: &str, records: mpsc::UnboundedSender<Record>) -> En
             }
             Ok::<(), EndpointError>(())
         })
-        .method("_private", |_ctx, _: NoArgs| async move { Ok::<_, EndpointError>("secret") })
+        .method("_private", |_ctx, _: NoArgs| async move {
+            Ok::<_, EndpointError>("secret")
+        })
         .stream_method("count", |_ctx, args: CountArgs| {
             futures::stream::iter((0..args.n).map(Ok::<u64, EndpointError>))
         })
@@ -88,7 +99,10 @@ fn standard_endpoint(server: &str, records: mpsc::UnboundedSender<Record>) -> En
             futures::stream::iter(
                 (0..args.n)
                     .map(Ok::<u64, EndpointError>)
-                    .chain(std::iter::once(Err(EndpointError::new("RuntimeError", "stream broke")))),
+                    .chain(std::iter::once(Err(EndpointError::new(
+                        "RuntimeError",
+                        "stream broke",
+                    )))),
             )
         })
 }
@@ -129,7 +143,12 @@ impl Fixture {
         self.serve_endpoints(backend, host, vec![endpoint]).await
     }
 
-    async fn serve_endpoints(&mut self, backend: &dyn Backend, host: &str, endpoints: Vec<Endpoint>) -> Result<()> {
+    async fn serve_endpoints(
+        &mut self,
+        backend: &dyn Backend,
+        host: &str,
+        endpoints: Vec<Endpoint>,
+    ) -> Result<()> {
         let transport = backend.transport().await?;
         let mut builder = RpcServer::builder(transport, self.target().server(host));
         for endpoint in endpoints {
@@ -172,7 +191,10 @@ fn ctx() -> Context {
 pub async fn call_returns_typed_result(backend: &dyn Backend) -> Result<()> {
     let mut f = Fixture::new(backend).await?;
     f.serve(backend, "host1").await?;
-    let sum: i64 = f.client().call(&ctx(), "add", &json!({"a": 2, "b": 3})).await?;
+    let sum: i64 = f
+        .client()
+        .call(&ctx(), "add", &json!({"a": 2, "b": 3}))
+        .await?;
     ensure!(sum == 5, "2 + 3 gave {sum}");
 
     #[derive(Serialize)]
@@ -189,9 +211,15 @@ pub async fn call_accepts_dynamic_json(backend: &dyn Backend) -> Result<()> {
     let mut f = Fixture::new(backend).await?;
     f.serve(backend, "host1").await?;
     let value = json!({"nested": [1, 2.5, null, true, {"k": "v"}]});
-    let echoed: Value = f.client().call(&ctx(), "echo", &json!({"value": value})).await?;
+    let echoed: Value = f
+        .client()
+        .call(&ctx(), "echo", &json!({"value": value}))
+        .await?;
     ensure!(echoed == value, "echo changed the value: {echoed}");
-    let null: Value = f.client().call(&ctx(), "record", &json!({"value": 1})).await?;
+    let null: Value = f
+        .client()
+        .call(&ctx(), "record", &json!({"value": 1}))
+        .await?;
     ensure!(null.is_null());
     f.stop().await
 }
@@ -200,11 +228,16 @@ pub async fn cast_reaches_one_server(backend: &dyn Backend) -> Result<()> {
     let mut f = Fixture::new(backend).await?;
     f.serve(backend, "host1").await?;
     f.serve(backend, "host2").await?;
-    f.client().cast(&ctx(), "record", &json!({"value": "c1"})).await?;
+    f.client()
+        .cast(&ctx(), "record", &json!({"value": "c1"}))
+        .await?;
     let (_, value) = f.next_record().await?;
     ensure!(value == "c1");
     let extra = f.drain_records(backend.settle_time()).await;
-    ensure!(extra.is_empty(), "a cast was delivered more than once: {extra:?}");
+    ensure!(
+        extra.is_empty(),
+        "a cast was delivered more than once: {extra:?}"
+    );
     f.stop().await
 }
 
@@ -213,13 +246,18 @@ pub async fn fanout_cast_reaches_every_server(backend: &dyn Backend) -> Result<(
     for host in ["host1", "host2", "host3"] {
         f.serve(backend, host).await?;
     }
-    f.client().fanout_cast(&ctx(), "record", &json!({"value": "f"})).await?;
+    f.client()
+        .fanout_cast(&ctx(), "record", &json!({"value": "f"}))
+        .await?;
     let mut hosts = Vec::new();
     for _ in 0..3 {
         hosts.push(f.next_record().await?.0);
     }
     hosts.sort();
-    ensure!(hosts == ["host1", "host2", "host3"], "fanout reached {hosts:?}");
+    ensure!(
+        hosts == ["host1", "host2", "host3"],
+        "fanout reached {hosts:?}"
+    );
     let extra = f.drain_records(backend.settle_time()).await;
     ensure!(extra.is_empty(), "fanout delivered extra copies: {extra:?}");
     f.stop().await
@@ -231,14 +269,24 @@ pub async fn cast_to_server_reaches_only_it(backend: &dyn Backend) -> Result<()>
         f.serve(backend, host).await?;
     }
     for i in 0..6 {
-        f.client().cast_to_server(&ctx(), "host2", "record", &json!({"value": i})).await?;
+        f.client()
+            .cast_to_server(&ctx(), "host2", "record", &json!({"value": i}))
+            .await?;
     }
     let mut got = Vec::new();
     for _ in 0..6 {
         got.push(f.next_record().await?);
     }
-    ensure!(got.iter().all(|(host, _)| host == "host2"), "cast_to_server reached {got:?}");
-    let who: String = f.client().prepare().server("host3").call(&ctx(), "whoami", &json!({})).await?;
+    ensure!(
+        got.iter().all(|(host, _)| host == "host2"),
+        "cast_to_server reached {got:?}"
+    );
+    let who: String = f
+        .client()
+        .prepare()
+        .server("host3")
+        .call(&ctx(), "whoami", &json!({}))
+        .await?;
     ensure!(who == "host3", "call to host3 was answered by {who}");
     f.stop().await
 }
@@ -261,7 +309,10 @@ pub async fn fanout_cast_to_server_reaches_only_its_listeners(backend: &dyn Back
     }
     result?;
     let got = vec![f.next_record().await?, f.next_record().await?];
-    ensure!(got.iter().all(|(host, _)| host == "host1"), "reached {got:?}");
+    ensure!(
+        got.iter().all(|(host, _)| host == "host1"),
+        "reached {got:?}"
+    );
     let extra = f.drain_records(backend.settle_time()).await;
     ensure!(extra.is_empty(), "extra deliveries: {extra:?}");
     f.stop().await
@@ -275,7 +326,9 @@ pub async fn casts_round_robin_over_servers(backend: &dyn Backend) -> Result<()>
     }
     let casts = 30;
     for i in 0..casts {
-        f.client().cast(&ctx(), "record", &json!({"value": i})).await?;
+        f.client()
+            .cast(&ctx(), "record", &json!({"value": i}))
+            .await?;
     }
     let mut per_host = std::collections::HashMap::<String, usize>::new();
     for _ in 0..casts {
@@ -283,7 +336,10 @@ pub async fn casts_round_robin_over_servers(backend: &dyn Backend) -> Result<()>
     }
     for host in hosts {
         let n = per_host.get(host).copied().unwrap_or(0);
-        ensure!(n >= casts / hosts.len() / 2, "{host} got {n} of {casts} casts: {per_host:?}");
+        ensure!(
+            n >= casts / hosts.len() / 2,
+            "{host} got {n} of {casts} casts: {per_host:?}"
+        );
     }
     f.stop().await
 }
@@ -300,7 +356,10 @@ pub async fn multicall_streams_in_order_then_ends(backend: &dyn Backend) -> Resu
         .await
         .into_iter()
         .collect::<Result<_>>()?;
-    ensure!(replies == (0..50).collect::<Vec<_>>(), "multicall gave {replies:?}");
+    ensure!(
+        replies == (0..50).collect::<Vec<_>>(),
+        "multicall gave {replies:?}"
+    );
     let empty: Vec<_> = f
         .client()
         .multicall::<u64, _>(&ctx(), "count", &json!({"n": 0}))
@@ -320,7 +379,10 @@ pub async fn multicall_of_unary_method_yields_its_result(backend: &dyn Backend) 
         .await?
         .collect()
         .await;
-    ensure!(replies.len() == 1 && matches!(replies[0], Ok(2)), "got {replies:?}");
+    ensure!(
+        replies.len() == 1 && matches!(replies[0], Ok(2)),
+        "got {replies:?}"
+    );
     f.stop().await
 }
 
@@ -355,29 +417,62 @@ pub async fn notifications_reach_listeners_by_priority(backend: &dyn Backend) ->
     let exchange = unique("notify_ex");
     let topic = unique("notifications");
     let target = Target::new(&topic).exchange(&exchange);
-    let mut errors =
-        NotificationListener::start(&transport, std::slice::from_ref(&target), &[Priority::Error], None)
-            .await?;
-    let mut infos =
-        NotificationListener::start(&transport, std::slice::from_ref(&target), &[Priority::Info], None)
-            .await?;
+    let mut errors = NotificationListener::start(
+        &transport,
+        std::slice::from_ref(&target),
+        &[Priority::Error],
+        None,
+    )
+    .await?;
+    let mut infos = NotificationListener::start(
+        &transport,
+        std::slice::from_ref(&target),
+        &[Priority::Info],
+        None,
+    )
+    .await?;
     let sender = backend.transport().await?;
     let notifier = Notifier::new(sender.clone(), "compute.host1")
         .topics([topic.clone()])
         .exchange(&exchange);
     let mut context = Context::new();
     context.insert("request_id".into(), json!("req-9"));
-    notifier.notify(&context, Priority::Info, "compute.instance.create.end", &json!({"id": 1})).await?;
-    notifier.notify(&context, Priority::Error, "compute.instance.create.error", &json!({"id": 2})).await?;
+    notifier
+        .notify(
+            &context,
+            Priority::Info,
+            "compute.instance.create.end",
+            &json!({"id": 1}),
+        )
+        .await?;
+    notifier
+        .notify(
+            &context,
+            Priority::Error,
+            "compute.instance.create.error",
+            &json!({"id": 2}),
+        )
+        .await?;
 
-    let info = tokio::time::timeout(WAIT, infos.next()).await?.context("info listener ended")?;
+    let info = tokio::time::timeout(WAIT, infos.next())
+        .await?
+        .context("info listener ended")?;
     ensure!(info.priority == Priority::Info && info.event_type == "compute.instance.create.end");
     ensure!(info.payload == json!({"id": 1}) && info.publisher_id == "compute.host1");
-    ensure!(info.context.get("request_id") == Some(&json!("req-9")), "context: {:?}", info.context);
-    let error = tokio::time::timeout(WAIT, errors.next()).await?.context("error listener ended")?;
+    ensure!(
+        info.context.get("request_id") == Some(&json!("req-9")),
+        "context: {:?}",
+        info.context
+    );
+    let error = tokio::time::timeout(WAIT, errors.next())
+        .await?
+        .context("error listener ended")?;
     ensure!(error.priority == Priority::Error && error.payload == json!({"id": 2}));
     let stray = tokio::time::timeout(backend.settle_time(), infos.next()).await;
-    ensure!(stray.is_err(), "the info listener got another notification: {stray:?}");
+    ensure!(
+        stray.is_err(),
+        "the info listener got another notification: {stray:?}"
+    );
     infos.stop().await?;
     errors.stop().await?;
     Ok(())
@@ -393,7 +488,10 @@ pub async fn call_to_unserved_topic_times_out(backend: &dyn Backend) -> Result<(
         .call(&ctx(), "echo", &json!({"value": 1}))
         .await;
     let elapsed = started.elapsed();
-    ensure!(matches!(result, Err(Error::Timeout { .. })), "expected a timeout, got {result:?}");
+    ensure!(
+        matches!(result, Err(Error::Timeout { .. })),
+        "expected a timeout, got {result:?}"
+    );
     ensure!(
         elapsed >= timeout && elapsed < timeout + Duration::from_secs(1),
         "the timeout of {timeout:?} fired after {elapsed:?}"
@@ -404,19 +502,29 @@ pub async fn call_to_unserved_topic_times_out(backend: &dyn Backend) -> Result<(
 pub async fn remote_error_carries_class_message_and_traceback(backend: &dyn Backend) -> Result<()> {
     let mut f = Fixture::new(backend).await?;
     f.serve(backend, "host1").await?;
-    let result: novarpc::Result<Value> = f.client().call(&ctx(), "fail", &json!({"message": "boom"})).await;
+    let result: novarpc::Result<Value> = f
+        .client()
+        .call(&ctx(), "fail", &json!({"message": "boom"}))
+        .await;
     match result {
         Err(Error::Remote(failure)) => {
             ensure!(failure.class == "ValueError" && failure.module == "builtins");
             ensure!(failure.message == "boom", "message: {}", failure.message);
-            ensure!(failure.traceback().contains("in fail"), "tb: {:?}", failure.tb);
+            ensure!(
+                failure.traceback().contains("in fail"),
+                "tb: {:?}",
+                failure.tb
+            );
         }
         other => anyhow::bail!("expected Error::Remote, got {other:?}"),
     }
     let result: novarpc::Result<Value> = f.client().call(&ctx(), "io_fail", &json!({})).await;
     match result {
         Err(Error::Remote(failure)) => {
-            ensure!(failure.class == "Error" && failure.message == "disk gone", "{failure:?}")
+            ensure!(
+                failure.class == "Error" && failure.message == "disk gone",
+                "{failure:?}"
+            )
         }
         other => anyhow::bail!("expected Error::Remote, got {other:?}"),
     }
@@ -440,21 +548,32 @@ pub async fn invalid_arguments_are_reported(backend: &dyn Backend) -> Result<()>
     let mut f = Fixture::new(backend).await?;
     f.serve(backend, "host1").await?;
     let result: novarpc::Result<Value> = f.client().call(&ctx(), "add", &json!([1, 2])).await;
-    ensure!(matches!(result, Err(Error::InvalidArguments { .. })), "got {result:?}");
+    ensure!(
+        matches!(result, Err(Error::InvalidArguments { .. })),
+        "got {result:?}"
+    );
     let result: novarpc::Result<Value> = f.client().call(&ctx(), "add", &json!({"a": "x"})).await;
     match result {
         Err(Error::Remote(failure)) => ensure!(failure.class == "TypeError", "{failure:?}"),
         other => anyhow::bail!("expected a remote TypeError, got {other:?}"),
     }
-    let result: novarpc::Result<String> = f.client().call(&ctx(), "add", &json!({"a": 1, "b": 2})).await;
-    ensure!(matches!(result, Err(Error::Serialization(_))), "got {result:?}");
+    let result: novarpc::Result<String> = f
+        .client()
+        .call(&ctx(), "add", &json!({"a": 1, "b": 2}))
+        .await;
+    ensure!(
+        matches!(result, Err(Error::Serialization(_))),
+        "got {result:?}"
+    );
     f.stop().await
 }
 
 fn versioned_endpoint(version: Version, namespace: Option<&str>, answer: &'static str) -> Endpoint {
     let endpoint = Endpoint::new()
         .version(version)
-        .method("which", move |_ctx, _: NoArgs| async move { Ok::<_, EndpointError>(answer) });
+        .method("which", move |_ctx, _: NoArgs| async move {
+            Ok::<_, EndpointError>(answer)
+        });
     match namespace {
         Some(ns) => endpoint.namespace(ns),
         None => endpoint,
@@ -469,23 +588,44 @@ pub async fn version_dispatch_follows_oslo_rules(backend: &dyn Backend) -> Resul
     ];
     f.serve_endpoints(backend, "host1", endpoints).await?;
     let client = f.client();
-    for (version, expected) in [("1.0", "v1.3"), ("1.3", "v1.3"), ("2.0", "v2.0"), ("2", "v2.0")] {
-        let got: String = client.prepare().version(version).call(&ctx(), "which", &json!({})).await?;
+    for (version, expected) in [
+        ("1.0", "v1.3"),
+        ("1.3", "v1.3"),
+        ("2.0", "v2.0"),
+        ("2", "v2.0"),
+    ] {
+        let got: String = client
+            .prepare()
+            .version(version)
+            .call(&ctx(), "which", &json!({}))
+            .await?;
         ensure!(got == expected, "version {version} was served by {got}");
     }
     let unversioned: String = client.call(&ctx(), "which", &json!({})).await?;
-    ensure!(unversioned == "v1.3", "a request without a version is 1.0, got {unversioned}");
+    ensure!(
+        unversioned == "v1.3",
+        "a request without a version is 1.0, got {unversioned}"
+    );
     for version in ["1.4", "3.0"] {
-        let result: novarpc::Result<String> =
-            client.prepare().version(version).call(&ctx(), "which", &json!({})).await;
+        let result: novarpc::Result<String> = client
+            .prepare()
+            .version(version)
+            .call(&ctx(), "which", &json!({}))
+            .await;
         ensure!(
             matches!(&result, Err(Error::UnsupportedVersion { version: v, .. }) if v == version),
             "version {version}: expected UnsupportedVersion, got {result:?}"
         );
     }
-    let result: novarpc::Result<String> =
-        client.prepare().version("2.0").call(&ctx(), "missing", &json!({})).await;
-    ensure!(matches!(result, Err(Error::NoSuchMethod { .. })), "got {result:?}");
+    let result: novarpc::Result<String> = client
+        .prepare()
+        .version("2.0")
+        .call(&ctx(), "missing", &json!({}))
+        .await;
+    ensure!(
+        matches!(result, Err(Error::NoSuchMethod { .. })),
+        "got {result:?}"
+    );
     f.stop().await
 }
 
@@ -499,10 +639,22 @@ pub async fn namespace_dispatch_selects_endpoint(backend: &dyn Backend) -> Resul
     let client = f.client();
     let got: String = client.call(&ctx(), "which", &json!({})).await?;
     ensure!(got == "default", "default namespace served by {got}");
-    let got: String = client.prepare().namespace("ns1").version("1.2").call(&ctx(), "which", &json!({})).await?;
+    let got: String = client
+        .prepare()
+        .namespace("ns1")
+        .version("1.2")
+        .call(&ctx(), "which", &json!({}))
+        .await?;
     ensure!(got == "ns1", "ns1 served by {got}");
-    let result: novarpc::Result<String> = client.prepare().namespace("ns2").call(&ctx(), "which", &json!({})).await;
-    ensure!(matches!(result, Err(Error::UnsupportedVersion { .. })), "unknown namespace gave {result:?}");
+    let result: novarpc::Result<String> = client
+        .prepare()
+        .namespace("ns2")
+        .call(&ctx(), "which", &json!({}))
+        .await;
+    ensure!(
+        matches!(result, Err(Error::UnsupportedVersion { .. })),
+        "unknown namespace gave {result:?}"
+    );
     f.stop().await
 }
 
@@ -511,10 +663,24 @@ pub async fn version_cap_refuses_newer_messages(backend: &dyn Backend) -> Result
     let client = f.client().version_cap(Version::new(1, 2));
     ensure!(client.can_send_version("1.2") && client.can_send_version("1.0"));
     ensure!(!client.can_send_version("1.3") && !client.can_send_version("2.0"));
-    let result = client.prepare().version("1.5").cast(&ctx(), "record", &json!({"value": 1})).await;
-    ensure!(matches!(result, Err(Error::VersionCap { .. })), "got {result:?}");
-    let result: novarpc::Result<Value> = client.prepare().version("x.y").call(&ctx(), "echo", &json!({})).await;
-    ensure!(matches!(result, Err(Error::InvalidVersion(_))), "got {result:?}");
+    let result = client
+        .prepare()
+        .version("1.5")
+        .cast(&ctx(), "record", &json!({"value": 1}))
+        .await;
+    ensure!(
+        matches!(result, Err(Error::VersionCap { .. })),
+        "got {result:?}"
+    );
+    let result: novarpc::Result<Value> = client
+        .prepare()
+        .version("x.y")
+        .call(&ctx(), "echo", &json!({}))
+        .await;
+    ensure!(
+        matches!(result, Err(Error::InvalidVersion(_))),
+        "got {result:?}"
+    );
     f.stop().await
 }
 
@@ -559,7 +725,9 @@ pub async fn graceful_stop_finishes_in_flight_work(backend: &dyn Backend) -> Res
         let client = client.clone();
         async move { client.call::<String, _>(&ctx(), "slow", &json!({})).await }
     });
-    tokio::time::timeout(WAIT, started.notified()).await.context("the slow call never started")?;
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .context("the slow call never started")?;
     let stop_began = Instant::now();
     server.stop().await?;
     ensure!(
@@ -574,7 +742,10 @@ pub async fn graceful_stop_finishes_in_flight_work(backend: &dyn Backend) -> Res
         .timeout(Duration::from_millis(300))
         .call(&ctx(), "slow", &json!({}))
         .await;
-    ensure!(matches!(result, Err(Error::Timeout { .. })), "a stopped server answered: {result:?}");
+    ensure!(
+        matches!(result, Err(Error::Timeout { .. })),
+        "a stopped server answered: {result:?}"
+    );
     f.stop().await
 }
 
@@ -595,10 +766,19 @@ pub async fn large_and_unicode_payloads_survive(backend: &dyn Backend) -> Result
     let mut f = Fixture::new(backend).await?;
     f.serve(backend, "host1").await?;
     let big = "x".repeat(1024 * 1024);
-    let echoed: String = f.client().call(&ctx(), "echo", &json!({"value": big})).await?;
-    ensure!(echoed.len() == big.len() && echoed == big, "1 MiB payload changed");
+    let echoed: String = f
+        .client()
+        .call(&ctx(), "echo", &json!({"value": big}))
+        .await?;
+    ensure!(
+        echoed.len() == big.len() && echoed == big,
+        "1 MiB payload changed"
+    );
     let text = "Grüße, 世界 — \u{1F680} \"quoted\" \\ back\\slash \n\t\u{0}";
-    let echoed: String = f.client().call(&ctx(), "echo", &json!({"value": text})).await?;
+    let echoed: String = f
+        .client()
+        .call(&ctx(), "echo", &json!({"value": text}))
+        .await?;
     ensure!(echoed == text, "unicode changed: {echoed:?}");
     let mut context = Context::new();
     context.insert("user_name".into(), json!("ñandú"));
@@ -607,7 +787,9 @@ pub async fn large_and_unicode_payloads_survive(backend: &dyn Backend) -> Result
     f.stop().await
 }
 
-pub async fn malformed_message_is_rejected_and_server_keeps_serving(backend: &dyn Backend) -> Result<()> {
+pub async fn malformed_message_is_rejected_and_server_keeps_serving(
+    backend: &dyn Backend,
+) -> Result<()> {
     let mut f = Fixture::new(backend).await?;
     f.serve(backend, "host1").await?;
     let garbage: [&[u8]; 4] = [
@@ -619,9 +801,14 @@ pub async fn malformed_message_is_rejected_and_server_keeps_serving(backend: &dy
     for body in garbage {
         backend.publish_raw(&f.exchange, &f.topic, body).await?;
     }
-    let sum: i64 = f.client().call(&ctx(), "add", &json!({"a": 20, "b": 22})).await?;
+    let sum: i64 = f
+        .client()
+        .call(&ctx(), "add", &json!({"a": 20, "b": 22}))
+        .await?;
     ensure!(sum == 42);
-    f.client().cast(&ctx(), "record", &json!({"value": "after"})).await?;
+    f.client()
+        .cast(&ctx(), "record", &json!({"value": "after"}))
+        .await?;
     let (_, value) = f.next_record().await?;
     ensure!(value == "after");
     f.stop().await
@@ -633,11 +820,17 @@ pub async fn panicking_handler_becomes_remote_error(backend: &dyn Backend) -> Re
     let result: novarpc::Result<Value> = f.client().call(&ctx(), "panic", &json!({})).await;
     match result {
         Err(Error::Remote(failure)) => {
-            ensure!(failure.class == "Panic" && failure.message.contains("exploded"), "{failure:?}")
+            ensure!(
+                failure.class == "Panic" && failure.message.contains("exploded"),
+                "{failure:?}"
+            )
         }
         other => anyhow::bail!("expected a remote Panic, got {other:?}"),
     }
-    let sum: i64 = f.client().call(&ctx(), "add", &json!({"a": 1, "b": 1})).await?;
+    let sum: i64 = f
+        .client()
+        .call(&ctx(), "add", &json!({"a": 1, "b": 1}))
+        .await?;
     ensure!(sum == 2, "the server stopped serving after a panic");
     f.stop().await
 }
@@ -647,15 +840,30 @@ pub async fn cleanup_fails_waiting_and_later_calls(backend: &dyn Backend) -> Res
     let client = f.client();
     let waiting = tokio::spawn({
         let client = client.clone();
-        async move { client.call::<Value, _>(&ctx(), "echo", &json!({"value": 1})).await }
+        async move {
+            client
+                .call::<Value, _>(&ctx(), "echo", &json!({"value": 1}))
+                .await
+        }
     });
     tokio::time::sleep(backend.settle_time()).await;
     client.cleanup().await?;
-    let result = tokio::time::timeout(WAIT, waiting).await.context("a waiting call hung after cleanup")??;
-    ensure!(matches!(result, Err(Error::Closed)), "a waiting call got {result:?}");
+    let result = tokio::time::timeout(WAIT, waiting)
+        .await
+        .context("a waiting call hung after cleanup")??;
+    ensure!(
+        matches!(result, Err(Error::Closed)),
+        "a waiting call got {result:?}"
+    );
     let result: novarpc::Result<Value> = client.call(&ctx(), "echo", &json!({"value": 1})).await;
-    ensure!(matches!(result, Err(Error::Closed)), "a call after cleanup got {result:?}");
+    ensure!(
+        matches!(result, Err(Error::Closed)),
+        "a call after cleanup got {result:?}"
+    );
     let result = client.cast(&ctx(), "echo", &json!({"value": 1})).await;
-    ensure!(matches!(result, Err(Error::Closed)), "a cast after cleanup got {result:?}");
+    ensure!(
+        matches!(result, Err(Error::Closed)),
+        "a cast after cleanup got {result:?}"
+    );
     Ok(())
 }

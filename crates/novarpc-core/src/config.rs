@@ -26,12 +26,10 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is shown in the message, so it is not also a `source()`
+    // (error chains would print it twice).
+    #[error("cannot read config file {path}: {cause}")]
+    Read { path: PathBuf, cause: std::io::Error },
     /// Malformed TOML, an unknown key or a wrong type; the message names the
     /// line, column and key.
     #[error("{origin}: {message}")]
@@ -129,16 +127,18 @@ impl FromStr for TransportUrl {
             url: redact_url_text(text),
             reason: reason.to_owned(),
         };
-        let (scheme, rest) = text
-            .split_once("://")
-            .ok_or_else(|| invalid("expected scheme://[user:pass@]host[:port][,...]/[virtual_host]"))?;
+        let (scheme, rest) = text.split_once("://").ok_or_else(|| {
+            invalid("expected scheme://[user:pass@]host[:port][,...]/[virtual_host]")
+        })?;
         let scheme_ok = !scheme.is_empty()
             && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
             && scheme
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
         if !scheme_ok {
-            return Err(invalid("the scheme must be letters, digits, `+`, `-` or `.`"));
+            return Err(invalid(
+                "the scheme must be letters, digits, `+`, `-` or `.`",
+            ));
         }
         let scheme = scheme.to_ascii_lowercase();
         let (rest, query) = match rest.split_once('?') {
@@ -343,9 +343,9 @@ impl Config {
     /// Reads a TOML file, then applies `NOVARPC_*` environment overrides.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         let mut config = Config::from_toml_str(&text, &path.display().to_string())?;
         config.apply_overrides(std::env::vars())?;
@@ -362,14 +362,13 @@ impl Config {
         let mut common = CommonOptions::default();
         if document.contains_key("DEFAULT") {
             let table: DefaultTable = section_from_str(text, "DEFAULT").map_err(parse_error)?;
-            let invalid = |span: std::ops::Range<usize>, key: &str, message: String| {
-                ConfigError::Invalid {
+            let invalid =
+                |span: std::ops::Range<usize>, key: &str, message: String| ConfigError::Invalid {
                     origin: origin.to_owned(),
                     line: Some(line_of(text, span.start)),
                     key: key.to_owned(),
                     message,
-                }
-            };
+                };
             common.rpc_backend = table.rpc_backend;
             if let Some(url) = table.transport_url {
                 let span = url.span();
@@ -381,7 +380,11 @@ impl Config {
             }
             if let Some(exchange) = table.control_exchange {
                 if exchange.get_ref().is_empty() {
-                    return Err(invalid(exchange.span(), "control_exchange", "must not be empty".into()));
+                    return Err(invalid(
+                        exchange.span(),
+                        "control_exchange",
+                        "must not be empty".into(),
+                    ));
                 }
                 common.control_exchange = exchange.into_inner();
             }
@@ -427,8 +430,11 @@ impl Config {
             match var.as_str() {
                 "NOVARPC_RPC_BACKEND" => self.common.rpc_backend = Some(value),
                 "NOVARPC_TRANSPORT_URL" => {
-                    self.common.transport_url =
-                        Some(value.parse().map_err(|e: ConfigError| env_error(e.to_string()))?)
+                    self.common.transport_url = Some(
+                        value
+                            .parse()
+                            .map_err(|e: ConfigError| env_error(e.to_string()))?,
+                    )
                 }
                 "NOVARPC_CONTROL_EXCHANGE" if !value.is_empty() => {
                     self.common.control_exchange = value
@@ -525,7 +531,9 @@ fn positive_seconds(seconds: f64) -> Result<Duration, String> {
     if seconds.is_finite() && seconds > 0.0 && seconds < 1e9 {
         Ok(Duration::from_secs_f64(seconds))
     } else {
-        Err(format!("must be a positive number of seconds, got {seconds}"))
+        Err(format!(
+            "must be a positive number of seconds, got {seconds}"
+        ))
     }
 }
 
@@ -590,27 +598,47 @@ mod tests {
         .unwrap();
         assert_eq!(config.common().rpc_backend.as_deref(), Some("kombu"));
         assert_eq!(config.common().control_exchange, "nova");
-        assert_eq!(config.common().rpc_response_timeout, Duration::from_millis(2500));
+        assert_eq!(
+            config.common().rpc_response_timeout,
+            Duration::from_millis(2500)
+        );
     }
 
     #[test]
     fn errors_name_file_line_and_key() {
-        let err = Config::from_toml_str("[DEFAULT]\nrpc_backend = \"memory\"\nbogus = 1\n", "n.toml")
-            .unwrap_err();
+        let err =
+            Config::from_toml_str("[DEFAULT]\nrpc_backend = \"memory\"\nbogus = 1\n", "n.toml")
+                .unwrap_err();
         let text = err.to_string();
         assert!(matches!(err, ConfigError::Parse { .. }));
-        assert!(text.contains("n.toml") && text.contains("line 3") && text.contains("bogus"), "{text}");
+        assert!(
+            text.contains("n.toml") && text.contains("line 3") && text.contains("bogus"),
+            "{text}"
+        );
 
-        let err = Config::from_toml_str("[DEFAULT]\nrpc_response_timeout = \"x\"\n", "n.toml").unwrap_err();
+        let err = Config::from_toml_str("[DEFAULT]\nrpc_response_timeout = \"x\"\n", "n.toml")
+            .unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
 
-        let err = Config::from_toml_str("[DEFAULT]\n\ntransport_url = \"nope\"\n", "n.toml").unwrap_err();
-        assert!(matches!(err, ConfigError::Invalid { line: Some(3), .. }), "{err}");
+        let err =
+            Config::from_toml_str("[DEFAULT]\n\ntransport_url = \"nope\"\n", "n.toml").unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Invalid { line: Some(3), .. }),
+            "{err}"
+        );
 
-        let config = Config::from_toml_str("[DEFAULT]\n[drv]\nprefetch = 1\n\nextra = true\n", "d.toml").unwrap();
+        let config =
+            Config::from_toml_str("[DEFAULT]\n[drv]\nprefetch = 1\n\nextra = true\n", "d.toml")
+                .unwrap();
         let err = config.section::<DriverOptions>("drv").unwrap_err();
-        assert!(err.to_string().contains("line 5") && err.to_string().contains("extra"), "{err}");
-        assert_eq!(config.section::<DriverOptions>("absent").unwrap(), DriverOptions::default());
+        assert!(
+            err.to_string().contains("line 5") && err.to_string().contains("extra"),
+            "{err}"
+        );
+        assert_eq!(
+            config.section::<DriverOptions>("absent").unwrap(),
+            DriverOptions::default()
+        );
         let err = Config::from_toml_str("[DEFAULT\n", "broken.toml").unwrap_err();
         assert!(err.to_string().contains("broken.toml"), "{err}");
     }
@@ -627,10 +655,15 @@ mod tests {
         assert_eq!(url.virtual_host.as_deref(), Some("nova"));
         assert_eq!(url.query_value("heartbeat"), Some("10"));
         let shown = format!("{url} {url:?}");
-        assert!(!shown.contains("s3cr") && !shown.contains("other"), "{shown}");
+        assert!(
+            !shown.contains("s3cr") && !shown.contains("other"),
+            "{shown}"
+        );
         assert!(shown.contains("nova:***@h1:5672"), "{shown}");
 
-        let err = "rabbit://u:topsecret@h1,,h2/".parse::<TransportUrl>().unwrap_err();
+        let err = "rabbit://u:topsecret@h1,,h2/"
+            .parse::<TransportUrl>()
+            .unwrap_err();
         assert!(!err.to_string().contains("topsecret"), "{err}");
         assert!("no-scheme".parse::<TransportUrl>().is_err());
         let memory: TransportUrl = "memory://".parse().unwrap();

@@ -135,6 +135,19 @@ impl fmt::Display for RemoteFailure {
 /// The oslo dispatcher's module, which oslo clients expect on dispatch failures.
 pub const DISPATCHER_MODULE: &str = "oslo_messaging.rpc.dispatcher";
 
+/// A unique id (uuid4 hex) without allocating.
+fn unique_id_buf(buf: &mut [u8; 32]) -> &str {
+    uuid::Uuid::new_v4().simple().encode_lower(buf)
+}
+
+/// Serializes the inner message into a buffer sized for it up front.
+fn to_inner_string<T: Serialize>(value: &T, size_hint: usize) -> String {
+    let mut buf = Vec::with_capacity(size_hint + 192);
+    serde_json::to_writer(&mut buf, value).expect("message serializes");
+    // serde_json writes only valid UTF-8.
+    String::from_utf8(buf).expect("JSON is UTF-8")
+}
+
 fn wrap(inner: &str) -> Bytes {
     #[derive(Serialize)]
     struct Outer<'a> {
@@ -147,8 +160,11 @@ fn wrap(inner: &str) -> Bytes {
         version: ENVELOPE_VERSION,
         message: inner,
     };
+    // Escaping adds a backslash per quote: leave room for it.
+    let mut buf = Vec::with_capacity(inner.len() + inner.len() / 4 + 48);
     // Serializing a struct of two strings cannot fail.
-    Bytes::from(serde_json::to_vec(&outer).expect("envelope serializes"))
+    serde_json::to_writer(&mut buf, &outer).expect("envelope serializes");
+    Bytes::from(buf)
 }
 
 /// Returns the inner message of an envelope (or the legacy un-enveloped body).
@@ -235,15 +251,14 @@ impl Serialize for InnerRequest<'_> {
 
 /// Encodes a request (a cast when `call` is `None`) in the oslo envelope.
 pub fn encode_request(request: &Request<'_>, call: Option<CallHeader<'_>>) -> Bytes {
-    let unique_id = crate::new_uuid_hex();
+    let mut id = [0u8; 32];
     let inner = InnerRequest {
         request,
         call,
-        unique_id: &unique_id,
+        unique_id: unique_id_buf(&mut id),
     };
     // Keys are strings and values are already JSON: this cannot fail.
-    let inner = serde_json::to_string(&inner).expect("request serializes");
-    wrap(&inner)
+    wrap(&to_inner_string(&inner, request.args.get().len()))
 }
 
 /// Decodes a request body; anything that is not an oslo request is
@@ -373,14 +388,18 @@ pub fn encode_reply(msg_id: &str, body: ReplyBody<'_>) -> Bytes {
         }
         _ => None,
     };
-    let unique_id = crate::new_uuid_hex();
+    let size_hint = match body {
+        ReplyBody::Result(value) | ReplyBody::StreamItem { value, .. } => value.get().len(),
+        _ => failure.as_ref().map_or(0, |f| f.len() * 5 / 4),
+    };
+    let mut id = [0u8; 32];
     let inner = InnerReply {
         msg_id,
         body,
         failure,
-        unique_id: &unique_id,
+        unique_id: unique_id_buf(&mut id),
     };
-    wrap(&serde_json::to_string(&inner).expect("reply serializes"))
+    wrap(&to_inner_string(&inner, size_hint))
 }
 
 /// Decodes a reply body.
@@ -455,14 +474,14 @@ pub fn encode_notification(notification: &OutgoingNotification<'_>) -> Bytes {
         .format(FORMAT)
         .expect("timestamp formats");
     let message_id = uuid::Uuid::new_v4().hyphenated().to_string();
-    let unique_id = crate::new_uuid_hex();
+    let mut id = [0u8; 32];
     let inner = InnerNotification {
         n: notification,
         message_id: &message_id,
         timestamp: &timestamp,
-        unique_id: &unique_id,
+        unique_id: unique_id_buf(&mut id),
     };
-    wrap(&serde_json::to_string(&inner).expect("notification serializes"))
+    wrap(&to_inner_string(&inner, notification.payload.get().len()))
 }
 
 /// A notification as a listener receives it.

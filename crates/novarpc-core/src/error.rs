@@ -32,7 +32,7 @@ pub enum Error {
     UnsupportedVersion { version: String, method: String },
     /// The remote method failed; carries the remote class, message and traceback.
     #[error("remote error: {0}")]
-    Remote(RemoteFailure),
+    Remote(Box<RemoteFailure>),
     /// The client's `version_cap` forbids sending this version.
     #[error("requested message version {version} is incompatible with the version cap {cap}")]
     VersionCap { version: String, cap: String },
@@ -54,12 +54,12 @@ pub enum Error {
     /// The transport was cleaned up or its broker went away for good.
     #[error("the transport is closed")]
     Closed,
-    /// A driver failure (broker connection, channel, publish ...).
-    #[error("{backend} transport error: {source}")]
+    /// A driver failure (broker connection, channel, publish ...). The cause
+    /// is part of the message rather than a `source()`, so chains print it once.
+    #[error("{backend} transport error: {cause}")]
     Transport {
         backend: &'static str,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
     /// Configuration problems: malformed file, unknown backend, bad URL.
     #[error(transparent)]
@@ -70,11 +70,11 @@ impl Error {
     /// Wraps a driver's own error.
     pub fn transport(
         backend: &'static str,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
         Error::Transport {
             backend,
-            source: source.into(),
+            cause: cause.into(),
         }
     }
 }

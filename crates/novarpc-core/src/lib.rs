@@ -24,9 +24,7 @@ pub use notify::{Notification, NotificationListener, Notifier, Priority};
 pub use rpc_client::{Replies, RpcClient};
 pub use rpc_server::{Endpoint, EndpointError, RpcServer, RpcServerBuilder};
 pub use target::{Target, Version};
-pub use transport::{
-    Acknowledge, Capabilities, Delivery, DriverDescriptor, Listener, Transport,
-};
+pub use transport::{Acknowledge, Capabilities, Delivery, DriverDescriptor, Listener, Transport};
 
 /// Unique ids as oslo.messaging writes them: uuid4, 32 lower-case hex digits.
 pub(crate) fn new_uuid_hex() -> String {

@@ -183,7 +183,8 @@ pub struct NotificationListener {
 
 impl fmt::Debug for NotificationListener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NotificationListener").finish_non_exhaustive()
+        f.debug_struct("NotificationListener")
+            .finish_non_exhaustive()
     }
 }
 

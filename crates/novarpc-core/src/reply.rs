@@ -1,11 +1,12 @@
 //! Reply correlation: a registry from message id to the caller waiting for it.
 //! Drivers feed it from their reply queue; callers hold a [`ReplyReceiver`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
 use std::sync::{Arc, Weak};
+use std::task::{Poll, Waker};
 
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
 
 use crate::envelope::{self, Reply};
 
@@ -14,7 +15,45 @@ use crate::envelope::{self, Reply};
 /// dropped with a debug log instead of piling up.
 #[derive(Debug, Default)]
 pub struct ReplyRegistry {
-    waiters: Mutex<HashMap<String, mpsc::UnboundedSender<Reply>>>,
+    waiters: Mutex<HashMap<String, Arc<Waiter>>>,
+}
+
+/// One caller's mailbox. Most calls get one reply, so this is a small queue
+/// behind a lock rather than a channel (whose first block alone is kilobytes).
+#[derive(Debug, Default)]
+struct Waiter {
+    state: Mutex<WaiterState>,
+}
+
+#[derive(Debug, Default)]
+struct WaiterState {
+    replies: VecDeque<Reply>,
+    waker: Option<Waker>,
+    closed: bool,
+}
+
+impl Waiter {
+    fn push(&self, reply: Reply) {
+        let waker = {
+            let mut state = self.state.lock();
+            state.replies.push_back(reply);
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn close(&self) {
+        let waker = {
+            let mut state = self.state.lock();
+            state.closed = true;
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
 }
 
 impl ReplyRegistry {
@@ -24,20 +63,23 @@ impl ReplyRegistry {
 
     /// Registers a waiter for `msg_id`.
     pub fn register(self: &Arc<Self>, msg_id: String) -> ReplyReceiver {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.waiters.lock().insert(msg_id.clone(), tx);
+        let waiter = Arc::new(Waiter::default());
+        self.waiters.lock().insert(msg_id.clone(), waiter.clone());
         ReplyReceiver {
             msg_id,
-            rx,
+            waiter,
             registry: Arc::downgrade(self),
         }
     }
 
     /// Hands a reply to its waiter; returns false (and logs) when nobody waits.
     pub fn deliver(&self, reply: Reply) -> bool {
-        let waiters = self.waiters.lock();
-        match waiters.get(&reply.msg_id) {
-            Some(tx) => tx.send(reply).is_ok(),
+        let waiter = self.waiters.lock().get(&reply.msg_id).cloned();
+        match waiter {
+            Some(waiter) => {
+                waiter.push(reply);
+                true
+            }
             None => {
                 tracing::debug!(msg_id = %reply.msg_id, "dropping a reply nobody waits for (late or duplicate)");
                 false
@@ -68,7 +110,10 @@ impl ReplyRegistry {
 
     /// Ends every waiter: their receivers yield `None`.
     pub fn close_all(&self) {
-        self.waiters.lock().clear();
+        let waiters = std::mem::take(&mut *self.waiters.lock());
+        for waiter in waiters.values() {
+            waiter.close();
+        }
     }
 }
 
@@ -76,7 +121,7 @@ impl ReplyRegistry {
 #[derive(Debug)]
 pub struct ReplyReceiver {
     msg_id: String,
-    rx: mpsc::UnboundedReceiver<Reply>,
+    waiter: Arc<Waiter>,
     registry: Weak<ReplyRegistry>,
 }
 
@@ -87,7 +132,24 @@ impl ReplyReceiver {
 
     /// The next reply, or `None` when the transport closed.
     pub async fn recv(&mut self) -> Option<Reply> {
-        self.rx.recv().await
+        poll_fn(|cx| {
+            let mut state = self.waiter.state.lock();
+            if let Some(reply) = state.replies.pop_front() {
+                Poll::Ready(Some(reply))
+            } else if state.closed || self.registry.strong_count() == 0 {
+                Poll::Ready(None)
+            } else {
+                if !state
+                    .waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    state.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        })
+        .await
     }
 }
 

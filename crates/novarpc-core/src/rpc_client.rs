@@ -123,7 +123,12 @@ impl RpcClient {
     }
 
     /// Like [`RpcClient::call`], returning the result's JSON text.
-    pub async fn call_raw<A>(&self, context: &Context, method: &str, args: &A) -> Result<Box<RawValue>>
+    pub async fn call_raw<A>(
+        &self,
+        context: &Context,
+        method: &str,
+        args: &A,
+    ) -> Result<Box<RawValue>>
     where
         A: Serialize + ?Sized,
     {
@@ -186,7 +191,12 @@ impl RpcClient {
         })
     }
 
-    async fn start_call<A>(&self, context: &Context, method: &str, args: &A) -> Result<ReplyReceiver>
+    async fn start_call<A>(
+        &self,
+        context: &Context,
+        method: &str,
+        args: &A,
+    ) -> Result<ReplyReceiver>
     where
         A: Serialize + ?Sized,
     {
@@ -242,11 +252,16 @@ impl RpcClient {
                 version: self.target.version.clone().unwrap_or_else(|| "1.0".into()),
                 method: method.to_owned(),
             },
-            _ => Error::Remote(failure),
+            _ => Error::Remote(Box::new(failure)),
         }
     }
 
-    fn request<'a>(&'a self, context: &'a Context, method: &'a str, args: &'a RawValue) -> Request<'a> {
+    fn request<'a>(
+        &'a self,
+        context: &'a Context,
+        method: &'a str,
+        args: &'a RawValue,
+    ) -> Request<'a> {
         Request {
             method,
             args,
@@ -256,7 +271,13 @@ impl RpcClient {
         }
     }
 
-    async fn send(&self, target: &Target, context: &Context, method: &str, args: &(impl Serialize + ?Sized)) -> Result<()> {
+    async fn send(
+        &self,
+        target: &Target,
+        context: &Context,
+        method: &str,
+        args: &(impl Serialize + ?Sized),
+    ) -> Result<()> {
         self.check_target(target)?;
         let capabilities = self.transport.capabilities();
         let unsupported = |operation| Error::Unsupported {
@@ -276,7 +297,12 @@ impl RpcClient {
 
     /// Invokes `method` without waiting for a result, on the client's target
     /// (one server of the topic, or the one named by `server`).
-    pub async fn cast<A: Serialize + ?Sized>(&self, context: &Context, method: &str, args: &A) -> Result<()> {
+    pub async fn cast<A: Serialize + ?Sized>(
+        &self,
+        context: &Context,
+        method: &str,
+        args: &A,
+    ) -> Result<()> {
         self.send(&self.target, context, method, args).await
     }
 

@@ -15,7 +15,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::envelope::{self, Context, IncomingRequest, RemoteFailure, ReplyBody, DISPATCHER_MODULE};
+use crate::envelope::{
+    self, Context, IncomingRequest, RemoteFailure, ReplyBody, DISPATCHER_MODULE,
+};
 use crate::error::{Error, Result};
 use crate::target::{Target, Version};
 use crate::transport::{Delivery, Listener, Transport};
@@ -26,14 +28,14 @@ use crate::transport::{Delivery, Listener, Transport};
 /// so handlers can use `?`.
 #[derive(Clone, Debug)]
 pub struct EndpointError {
-    failure: RemoteFailure,
+    failure: Box<RemoteFailure>,
 }
 
 impl EndpointError {
     /// A failure of class `class` (as a caller will see it) with `message`.
     pub fn new(class: impl Into<String>, message: impl Into<String>) -> Self {
         EndpointError {
-            failure: RemoteFailure::new(class, "novarpc", message),
+            failure: Box::new(RemoteFailure::new(class, "novarpc", message)),
         }
     }
 
@@ -50,7 +52,7 @@ impl EndpointError {
     }
 
     pub fn into_failure(self) -> RemoteFailure {
-        self.failure
+        *self.failure
     }
 }
 
@@ -69,7 +71,7 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for EndpointError {
     }
 }
 
-type Outcome = std::result::Result<Box<RawValue>, RemoteFailure>;
+type Outcome = std::result::Result<Box<RawValue>, Box<RemoteFailure>>;
 
 enum Response {
     Single(Outcome),
@@ -78,21 +80,21 @@ enum Response {
 
 type Handler = Arc<dyn Fn(Context, Box<RawValue>) -> BoxFuture<'static, Response> + Send + Sync>;
 
-fn bad_arguments(method: &str, error: serde_json::Error) -> RemoteFailure {
-    RemoteFailure::new(
+fn bad_arguments(method: &str, error: serde_json::Error) -> Box<RemoteFailure> {
+    Box::new(RemoteFailure::new(
         "TypeError",
         "builtins",
         format!("{method}() got invalid arguments: {error}"),
-    )
+    ))
 }
 
 fn encode_result<R: Serialize>(value: &R) -> Outcome {
     serde_json::value::to_raw_value(value).map_err(|e| {
-        RemoteFailure::new(
+        Box::new(RemoteFailure::new(
             "SerializationError",
             "novarpc",
             format!("cannot serialize the result: {e}"),
-        )
+        ))
     })
 }
 
@@ -215,23 +217,23 @@ struct Dispatcher {
 impl Dispatcher {
     /// oslo's dispatch rule: the first endpoint whose namespace matches and whose
     /// version can handle the request's, and that has the method.
-    fn find(&self, request: &IncomingRequest) -> std::result::Result<&Handler, RemoteFailure> {
+    fn find(&self, request: &IncomingRequest) -> std::result::Result<&Handler, Box<RemoteFailure>> {
         let no_such_method = || {
-            RemoteFailure::new(
+            Box::new(RemoteFailure::new(
                 "NoSuchMethod",
                 DISPATCHER_MODULE,
                 format!("Endpoint does not support RPC method {}", request.method),
-            )
+            ))
         };
         let unsupported = |version: &str| {
-            RemoteFailure::new(
+            Box::new(RemoteFailure::new(
                 "UnsupportedVersion",
                 DISPATCHER_MODULE,
                 format!(
                     "Endpoint does not support RPC version {version}. Attempted method: {}",
                     request.method
                 ),
-            )
+            ))
         };
         if request.method.starts_with('_') {
             return Err(no_such_method());
@@ -479,12 +481,12 @@ async fn process(delivery: Delivery, shared: &Shared) {
     }
 }
 
-fn panic_failure(panic: Box<dyn std::any::Any + Send>) -> RemoteFailure {
+fn panic_failure(panic: Box<dyn std::any::Any + Send>) -> Box<RemoteFailure> {
     let message = panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "the handler panicked".to_owned());
     tracing::error!(%message, "an endpoint method panicked");
-    RemoteFailure::new("Panic", "novarpc", message)
+    Box::new(RemoteFailure::new("Panic", "novarpc", message))
 }

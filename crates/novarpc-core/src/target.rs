@@ -175,7 +175,10 @@ mod tests {
     #[test]
     fn targets_reject_unroutable_names() {
         assert!(Target::new("compute").server("h1").validate().is_ok());
-        assert!(matches!(Target::new("").validate(), Err(Error::InvalidTarget(_))));
+        assert!(matches!(
+            Target::new("").validate(),
+            Err(Error::InvalidTarget(_))
+        ));
         assert!(matches!(
             Target::new("a#b").validate(),
             Err(Error::InvalidTarget(_))

@@ -128,8 +128,12 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     async fn send_reply(&self, reply_q: &str, body: Bytes) -> Result<()>;
 
     /// Sends an encoded notification to `<topic>.<priority>`.
-    async fn send_notification(&self, target: &Target, priority: Priority, body: Bytes)
-        -> Result<()>;
+    async fn send_notification(
+        &self,
+        target: &Target,
+        priority: Priority,
+        body: Bytes,
+    ) -> Result<()>;
 
     /// Consumes requests for `target`: the shared topic queue, the server's own
     /// queue and a fanout queue of this listener.
@@ -185,6 +189,7 @@ impl fmt::Debug for DriverDescriptor {
 impl DriverDescriptor {
     /// Whether `name` is this driver's name or one of its aliases.
     pub fn answers_to(&self, name: &str) -> bool {
-        self.name.eq_ignore_ascii_case(name) || self.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
+        self.name.eq_ignore_ascii_case(name)
+            || self.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
     }
 }

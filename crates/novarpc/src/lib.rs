@@ -24,6 +24,8 @@ use std::sync::Arc;
 
 pub use novarpc_core::*;
 pub use registry::Registry;
+/// Re-exported so services can build arguments with `novarpc::serde_json::json!`.
+pub use serde_json;
 
 /// A validated configuration: `[DEFAULT]` is resolved, the backend it selects is
 /// known, and every driver table parses.
@@ -48,7 +50,10 @@ impl Config {
     }
 
     /// Validates a core configuration against `registry`.
-    pub fn validated(inner: novarpc_core::Config, registry: &Registry) -> Result<Config, ConfigError> {
+    pub fn validated(
+        inner: novarpc_core::Config,
+        registry: &Registry,
+    ) -> Result<Config, ConfigError> {
         registry.validate(&inner)?;
         Ok(Config { inner })
     }
@@ -77,3 +82,8 @@ impl Deref for Config {
 pub async fn connect(config: &Config) -> Result<Arc<dyn Transport>, Error> {
     Registry::builtin().connect(config).await
 }
+
+/// Compiles the README's Rust examples as doctests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

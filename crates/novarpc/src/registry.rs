@@ -38,7 +38,10 @@ impl Registry {
                     origin: "driver registry".into(),
                     line: None,
                     key: "name".into(),
-                    message: format!("`{name}` is already registered by driver `{}`", existing.name),
+                    message: format!(
+                        "`{name}` is already registered by driver `{}`",
+                        existing.name
+                    ),
                 });
             }
         }
@@ -48,7 +51,10 @@ impl Registry {
                     origin: "driver registry".into(),
                     line: None,
                     key: "url_schemes".into(),
-                    message: format!("scheme `{scheme}` is already registered by driver `{}`", existing.name),
+                    message: format!(
+                        "scheme `{scheme}` is already registered by driver `{}`",
+                        existing.name
+                    ),
                 });
             }
         }
@@ -89,28 +95,34 @@ impl Registry {
     pub fn resolve(&self, config: &Config) -> Result<&DriverDescriptor, ConfigError> {
         let common = config.common();
         let by_url = match &common.transport_url {
-            Some(url) => Some(self.by_scheme(&url.scheme).ok_or_else(|| ConfigError::Invalid {
-                origin: config.origin().to_owned(),
-                line: None,
-                key: "DEFAULT.transport_url".into(),
-                message: format!(
-                    "no backend handles the scheme `{}`; known schemes: {}",
-                    url.scheme,
-                    self.drivers
-                        .iter()
-                        .flat_map(|d| d.url_schemes.iter().copied())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            })?),
+            Some(url) => Some(
+                self.by_scheme(&url.scheme)
+                    .ok_or_else(|| ConfigError::Invalid {
+                        origin: config.origin().to_owned(),
+                        line: None,
+                        key: "DEFAULT.transport_url".into(),
+                        message: format!(
+                            "no backend handles the scheme `{}`; known schemes: {}",
+                            url.scheme,
+                            self.drivers
+                                .iter()
+                                .flat_map(|d| d.url_schemes.iter().copied())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    })?,
+            ),
             None => None,
         };
         let by_name = match &common.rpc_backend {
-            Some(name) => Some(self.by_name(name).ok_or_else(|| ConfigError::UnknownBackend {
-                origin: config.origin().to_owned(),
-                name: name.clone(),
-                available: self.available(),
-            })?),
+            Some(name) => Some(
+                self.by_name(name)
+                    .ok_or_else(|| ConfigError::UnknownBackend {
+                        origin: config.origin().to_owned(),
+                        name: name.clone(),
+                        available: self.available(),
+                    })?,
+            ),
             None => None,
         };
         match (by_name, by_url) {
@@ -126,11 +138,13 @@ impl Registry {
                 })
             }
             (Some(driver), _) | (None, Some(driver)) => Ok(driver),
-            (None, None) => self.by_name("memory").ok_or_else(|| ConfigError::UnknownBackend {
-                origin: config.origin().to_owned(),
-                name: "memory".into(),
-                available: self.available(),
-            }),
+            (None, None) => self
+                .by_name("memory")
+                .ok_or_else(|| ConfigError::UnknownBackend {
+                    origin: config.origin().to_owned(),
+                    name: "memory".into(),
+                    available: self.available(),
+                }),
         }
     }
 
@@ -209,9 +223,14 @@ mod tests {
     fn unknown_tables_and_scheme_conflicts_are_errors() {
         let registry = Registry::builtin();
         let err = registry
-            .validate(&config("[DEFAULT]\nrpc_backend = \"memory\"\n\n[zmq]\nx = 1\n"))
+            .validate(&config(
+                "[DEFAULT]\nrpc_backend = \"memory\"\n\n[zmq]\nx = 1\n",
+            ))
             .unwrap_err();
-        assert!(matches!(err, ConfigError::UnknownTable { line: Some(4), .. }), "{err}");
+        assert!(
+            matches!(err, ConfigError::UnknownTable { line: Some(4), .. }),
+            "{err}"
+        );
         let err = registry
             .validate(&config("[memory]\nbogus = 1\n"))
             .unwrap_err();

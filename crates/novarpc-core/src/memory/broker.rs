@@ -85,12 +85,15 @@ impl Queue {
     }
 }
 
+/// exchange → routing key → bound queues.
+type Bindings = HashMap<String, HashMap<String, Vec<Arc<Queue>>>>;
+
 /// Exchanges are implicit: a binding maps (exchange, routing key) to queues.
 /// Topic exchanges here match routing keys exactly (novarpc uses no wildcards);
 /// fanout exchanges bind with the key "".
 #[derive(Debug, Default)]
 pub(super) struct Broker {
-    bindings: RwLock<HashMap<String, HashMap<String, Vec<Arc<Queue>>>>>,
+    bindings: RwLock<Bindings>,
     queues: Mutex<HashMap<String, Arc<Queue>>>,
     reply_queues: RwLock<HashMap<String, Weak<ReplyRegistry>>>,
 }

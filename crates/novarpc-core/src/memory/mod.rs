@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::sync::OnceLock as OnceCell;
 use parking_lot::Mutex;
 use serde::Deserialize;
+use std::sync::OnceLock as OnceCell;
 use tokio::sync::mpsc;
 
 use crate::config::{CommonOptions, Config, ConfigError};
@@ -114,7 +114,10 @@ impl MemoryTransport {
             Some(name) => named_broker(name),
             None => Arc::new(Broker::default()),
         };
-        Ok(MemoryTransport::with_broker(broker, config.common().clone()))
+        Ok(MemoryTransport::with_broker(
+            broker,
+            config.common().clone(),
+        ))
     }
 
     /// Another transport on the same in-process broker (as a second process
@@ -226,7 +229,12 @@ impl Transport for MemoryTransport {
         }
     }
 
-    async fn send_notification(&self, target: &Target, priority: Priority, body: Bytes) -> Result<()> {
+    async fn send_notification(
+        &self,
+        target: &Target,
+        priority: Priority,
+        body: Bytes,
+    ) -> Result<()> {
         self.check_open()?;
         let key = format!("{}.{}", target.topic, priority.routing_name());
         let exchange = self.exchange(target);
@@ -255,21 +263,21 @@ impl Transport for MemoryTransport {
         );
         if let Some(server) = &target.server {
             let queue = format!("{topic}.{server}");
-            subscribe(
-                self.broker
-                    .declare_queue(&queue, QueueKind::Shared, exchange, &[queue.as_str()]),
-            );
+            subscribe(self.broker.declare_queue(
+                &queue,
+                QueueKind::Shared,
+                exchange,
+                &[queue.as_str()],
+            ));
         }
         let fanout = format!("{topic}_fanout_{}", crate::new_uuid_hex());
-        subscribe(
-            self.broker.declare_owned_queue(
-                &fanout,
-                QueueKind::Exclusive,
-                &format!("{topic}_fanout"),
-                &[""],
-                target.server.as_deref(),
-            ),
-        );
+        subscribe(self.broker.declare_owned_queue(
+            &fanout,
+            QueueKind::Exclusive,
+            &format!("{topic}_fanout"),
+            &[""],
+            target.server.as_deref(),
+        ));
         Ok(Box::new(MemoryListener {
             broker: self.broker.clone(),
             rx,
@@ -292,9 +300,12 @@ impl Transport for MemoryTransport {
             for priority in priorities {
                 let key = format!("{}.{}", target.topic, priority.routing_name());
                 let queue_name = pool.unwrap_or(&key);
-                let queue = self
-                    .broker
-                    .declare_queue(queue_name, QueueKind::Shared, exchange, &[key.as_str()]);
+                let queue = self.broker.declare_queue(
+                    queue_name,
+                    QueueKind::Shared,
+                    exchange,
+                    &[key.as_str()],
+                );
                 if subscriptions.iter().any(|(q, _)| Arc::ptr_eq(q, &queue)) {
                     continue;
                 }
@@ -367,10 +378,7 @@ impl Listener for MemoryListener {
         if self.stopped {
             return None;
         }
-        self.rx
-            .recv()
-            .await
-            .map(|(_, body)| Delivery::new(body))
+        self.rx.recv().await.map(|(_, body)| Delivery::new(body))
     }
 
     async fn stop(&mut self) -> Result<()> {
