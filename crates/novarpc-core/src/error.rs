@@ -47,7 +47,7 @@ pub enum Error {
     InvalidArguments { method: String, reason: String },
     /// A value could not be serialized or a result not deserialized.
     #[error("serialization failed: {0}")]
-    Serialization(#[source] serde_json::Error),
+    Serialization(serde_json::Error),
     /// Bytes on the wire that are not an oslo.messaging message.
     #[error("malformed message: {0}")]
     MalformedMessage(String),
