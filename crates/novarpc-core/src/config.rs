@@ -29,7 +29,10 @@ pub enum ConfigError {
     // The cause is shown in the message, so it is not also a `source()`
     // (error chains would print it twice).
     #[error("cannot read config file {path}: {cause}")]
-    Read { path: PathBuf, cause: std::io::Error },
+    Read {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     /// Malformed TOML, an unknown key or a wrong type; the message names the
     /// line, column and key.
     #[error("{origin}: {message}")]
