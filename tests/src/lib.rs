@@ -29,6 +29,16 @@ pub trait Backend: Send + Sync + 'static {
         body: &[u8],
     ) -> anyhow::Result<()>;
 
+    /// Deletes queues and exchanges a test created (shared topic queues outlive
+    /// their servers by design, so tests remove their own).
+    async fn remove_topology(
+        &self,
+        _queues: &[String],
+        _exchanges: &[String],
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     /// How long a message takes to be routed at most (for "nothing arrived" checks).
     fn settle_time(&self) -> Duration {
         Duration::from_millis(200)
@@ -53,11 +63,15 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// Generates one `#[tokio::test]` per suite test for a backend expression.
+/// Generates one `#[tokio::test]` per suite test for a backend expression,
+/// with an optional attribute for each (e.g. `#[ignore = "needs a broker"]`).
 #[macro_export]
 macro_rules! conformance_suite {
     ($backend:expr) => {
-        $crate::conformance_suite!(@tests $backend;
+        $crate::conformance_suite!($backend, #[allow(unused_attributes)]);
+    };
+    ($backend:expr, #$attr:tt) => {
+        $crate::conformance_suite!(@tests $backend, $attr;
             call_returns_typed_result,
             call_accepts_dynamic_json,
             cast_reaches_one_server,
@@ -86,9 +100,10 @@ macro_rules! conformance_suite {
             cleanup_fails_waiting_and_later_calls,
         );
     };
-    (@tests $backend:expr; $($test:ident),* $(,)?) => {
+    (@tests $backend:expr, $attr:tt; $($test:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #$attr
             async fn $test() {
                 $crate::init_tracing();
                 let backend = $backend;

@@ -107,7 +107,9 @@ fn standard_endpoint(server: &str, records: mpsc::UnboundedSender<Record>) -> En
         })
 }
 
-struct Fixture {
+struct Fixture<'b> {
+    backend: &'b dyn Backend,
+    hosts: Vec<String>,
     exchange: String,
     topic: String,
     client_transport: Arc<dyn Transport>,
@@ -116,10 +118,12 @@ struct Fixture {
     servers: Vec<RpcServer>,
 }
 
-impl Fixture {
-    async fn new(backend: &dyn Backend) -> Result<Self> {
+impl<'b> Fixture<'b> {
+    async fn new(backend: &'b dyn Backend) -> Result<Self> {
         let (records_tx, records) = mpsc::unbounded_channel();
         Ok(Fixture {
+            backend,
+            hosts: Vec::new(),
             exchange: unique("ex"),
             topic: unique("topic"),
             client_transport: backend.transport().await?,
@@ -150,6 +154,7 @@ impl Fixture {
         endpoints: Vec<Endpoint>,
     ) -> Result<()> {
         let transport = backend.transport().await?;
+        self.hosts.push(host.to_owned());
         let mut builder = RpcServer::builder(transport, self.target().server(host));
         for endpoint in endpoints {
             builder = builder.endpoint(endpoint);
@@ -180,7 +185,12 @@ impl Fixture {
             server.stop().await?;
         }
         self.client_transport.cleanup().await?;
-        Ok(())
+        let mut queues = vec![self.topic.clone()];
+        queues.extend(self.hosts.iter().map(|h| format!("{}.{h}", self.topic)));
+        queues.dedup();
+        self.backend
+            .remove_topology(&queues, &[self.exchange.clone()])
+            .await
     }
 }
 
@@ -475,7 +485,14 @@ pub async fn notifications_reach_listeners_by_priority(backend: &dyn Backend) ->
     );
     infos.stop().await?;
     errors.stop().await?;
-    Ok(())
+    transport.cleanup().await?;
+    sender.cleanup().await?;
+    backend
+        .remove_topology(
+            &[format!("{topic}.info"), format!("{topic}.error")],
+            &[exchange],
+        )
+        .await
 }
 
 pub async fn call_to_unserved_topic_times_out(backend: &dyn Backend) -> Result<()> {
@@ -716,6 +733,8 @@ pub async fn graceful_stop_finishes_in_flight_work(backend: &dyn Backend) -> Res
             Ok::<_, EndpointError>("done")
         }
     });
+    let mut f = f;
+    f.hosts.push("host1".into());
     let server = RpcServer::builder(backend.transport().await?, f.target().server("host1"))
         .endpoint(endpoint)
         .start()

@@ -135,6 +135,12 @@ impl fmt::Display for RemoteFailure {
 /// The oslo dispatcher's module, which oslo clients expect on dispatch failures.
 pub const DISPATCHER_MODULE: &str = "oslo_messaging.rpc.dispatcher";
 
+/// A new id as oslo.messaging writes `_msg_id` and `_unique_id`: uuid4 as 32
+/// lower-case hex digits.
+pub fn new_unique_id() -> String {
+    crate::new_uuid_hex()
+}
+
 /// A unique id (uuid4 hex) without allocating.
 fn unique_id_buf(buf: &mut [u8; 32]) -> &str {
     uuid::Uuid::new_v4().simple().encode_lower(buf)

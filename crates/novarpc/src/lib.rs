@@ -24,6 +24,10 @@ use std::sync::Arc;
 
 pub use novarpc_core::*;
 pub use registry::Registry;
+
+/// The kombu-like AMQP 0-9-1 driver (feature `kombu`).
+#[cfg(feature = "kombu")]
+pub use novarpc_kombu as kombu;
 /// Re-exported so services can build arguments with `novarpc::serde_json::json!`.
 pub use serde_json;
 

@@ -18,7 +18,10 @@ impl Default for Registry {
 impl Registry {
     /// The drivers compiled in: `memory` always, the others by cargo feature.
     pub fn builtin() -> Self {
-        let drivers = vec![novarpc_core::memory::DESCRIPTOR];
+        #[allow(unused_mut)]
+        let mut drivers = vec![novarpc_core::memory::DESCRIPTOR];
+        #[cfg(feature = "kombu")]
+        drivers.push(novarpc_kombu::DESCRIPTOR);
         Registry { drivers }
     }
 

@@ -1,0 +1,233 @@
+//! Connections and channels: a connector for `Reconnector` (one broker host at a
+//! time, failing over to the next), and the publisher channel pool.
+
+use std::fmt;
+use std::sync::Arc;
+
+use lapin::options::ConfirmSelectOptions;
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
+use lapin::{Channel, Connection, ConnectionProperties};
+use novarpc_amqp::pool::{Manager, Metrics, RecycleError, RecycleResult};
+use novarpc_amqp::{Connector, Reconnector};
+use novarpc_core::{CommonOptions, ConfigError, TransportUrl};
+
+use crate::options::KombuOptions;
+use crate::KombuError;
+
+/// One broker of the transport URL.
+#[derive(Clone)]
+pub(crate) struct BrokerHost {
+    uri: AMQPUri,
+}
+
+impl fmt::Debug for BrokerHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&describe(&self.uri))
+    }
+}
+
+fn describe(uri: &AMQPUri) -> String {
+    format!(
+        "{}://{}@{}:{}/{}",
+        uri.scheme,
+        uri.authority.userinfo.username,
+        uri.authority.host,
+        uri.authority.port,
+        uri.vhost
+    )
+}
+
+/// The brokers to use: the transport URL's hosts, or RabbitMQ's defaults.
+pub(crate) fn broker_hosts(url: Option<&TransportUrl>, options: &KombuOptions) -> Vec<BrokerHost> {
+    let tls = options.ssl
+        || url
+            .and_then(|u| u.query_value("ssl"))
+            .is_some_and(|v| v == "1" || v == "true");
+    let scheme = if tls {
+        AMQPScheme::AMQPS
+    } else {
+        AMQPScheme::AMQP
+    };
+    let default_port = if tls { 5671 } else { 5672 };
+    let vhost = url
+        .and_then(|u| u.virtual_host.clone())
+        .unwrap_or_else(|| "/".to_owned());
+    let heartbeat = url
+        .and_then(|u| u.query_value("heartbeat"))
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(options.heartbeat_timeout);
+    let query = AMQPQueryString {
+        heartbeat: Some(heartbeat),
+        connection_timeout: Some(10_000),
+        ..AMQPQueryString::default()
+    };
+    let make =
+        |host: &str, port: Option<u16>, user: Option<&str>, password: Option<&str>| BrokerHost {
+            uri: AMQPUri {
+                scheme: scheme.clone(),
+                authority: AMQPAuthority {
+                    userinfo: AMQPUserInfo {
+                        username: user.unwrap_or("guest").to_owned(),
+                        password: password.unwrap_or("guest").to_owned(),
+                    },
+                    host: host
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_owned(),
+                    port: port.unwrap_or(default_port),
+                },
+                vhost: vhost.clone(),
+                query: query.clone(),
+            },
+        };
+    match url {
+        Some(url) if !url.hosts.is_empty() => url
+            .hosts
+            .iter()
+            .map(|h| {
+                make(
+                    &h.hostname,
+                    h.port,
+                    h.username.as_deref(),
+                    h.password.as_ref().map(|p| p.expose()),
+                )
+            })
+            .collect(),
+        _ => vec![make("127.0.0.1", None, None, None)],
+    }
+}
+
+/// Reads the TLS files named in the options (at connect time: building the
+/// configuration does no I/O).
+fn tls_config(options: &KombuOptions) -> Result<OwnedTLSConfig, ConfigError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|cause| ConfigError::Read {
+            path: path.to_owned(),
+            cause,
+        })
+    };
+    let cert_chain = match &options.ssl_ca_file {
+        Some(path) => Some(String::from_utf8_lossy(&read(path)?).into_owned()),
+        None => None,
+    };
+    let identity = match (&options.ssl_cert_file, &options.ssl_key_file) {
+        (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+            pem: read(cert)?,
+            key: read(key)?,
+        }),
+        _ => None,
+    };
+    Ok(OwnedTLSConfig {
+        identity,
+        cert_chain,
+    })
+}
+
+pub(crate) struct KombuConnector {
+    options: KombuOptions,
+    connection_name: String,
+}
+
+impl KombuConnector {
+    pub(crate) fn new(options: KombuOptions, common: &CommonOptions, purpose: &str) -> Self {
+        let hostname = options
+            .hostname
+            .clone()
+            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
+        let processname = options.processname.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "novarpc".to_owned())
+        });
+        // oslo names connections `<process>:<pid>:<host>`; the purpose tells the
+        // publisher and consumer connections of a process apart.
+        let connection_name = format!(
+            "{processname}:{}:{hostname} novarpc {purpose} ({})",
+            std::process::id(),
+            common.control_exchange
+        );
+        KombuConnector {
+            options,
+            connection_name,
+        }
+    }
+}
+
+impl Connector for KombuConnector {
+    type Host = BrokerHost;
+    type Connection = Arc<Connection>;
+    type Error = KombuError;
+
+    async fn connect(&self, host: &BrokerHost) -> Result<Arc<Connection>, KombuError> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(self.connection_name.clone().into());
+        let runtime = lapin::runtime::default_runtime().map_err(KombuError::Amqp)?;
+        let connection = if host.uri.scheme == AMQPScheme::AMQPS {
+            let tls = tls_config(&self.options).map_err(|e| KombuError::Tls(e.to_string()))?;
+            Connection::connect_uri_with_config(host.uri.clone(), properties, tls, runtime).await
+        } else {
+            Connection::connect_uri_with_runtime(host.uri.clone(), properties, runtime).await
+        };
+        connection
+            .map(Arc::new)
+            .map_err(|e| KombuError::Connect(describe(&host.uri), e))
+    }
+
+    fn is_usable(&self, connection: &Arc<Connection>) -> bool {
+        connection.status().connected()
+    }
+
+    fn describe(&self, host: &BrokerHost) -> String {
+        describe(&host.uri)
+    }
+}
+
+pub(crate) type Broker = Reconnector<KombuConnector>;
+
+/// A channel and the connection generation it belongs to.
+pub(crate) struct PooledChannel {
+    pub(crate) channel: Channel,
+    pub(crate) generation: u64,
+}
+
+/// Creates publisher channels (in confirm mode when confirms are on).
+pub(crate) struct ChannelManager {
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) confirms: bool,
+}
+
+impl Manager for ChannelManager {
+    type Type = PooledChannel;
+    type Error = KombuError;
+
+    async fn create(&self) -> Result<PooledChannel, KombuError> {
+        let (generation, connection) = self.broker.get().await.map_err(|e| e.last_error)?;
+        let channel = match connection.create_channel().await {
+            Ok(channel) => channel,
+            Err(error) => {
+                self.broker.invalidate(generation).await;
+                return Err(KombuError::Amqp(error));
+            }
+        };
+        if self.confirms {
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(KombuError::Amqp)?;
+        }
+        Ok(PooledChannel {
+            channel,
+            generation,
+        })
+    }
+
+    async fn recycle(&self, object: &mut PooledChannel, _: &Metrics) -> RecycleResult<KombuError> {
+        if object.channel.status().connected() {
+            Ok(())
+        } else {
+            Err(RecycleError::message("channel closed"))
+        }
+    }
+}

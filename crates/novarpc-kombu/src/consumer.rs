@@ -1,0 +1,233 @@
+//! Consumers that heal themselves: on a lost connection or channel they
+//! reconnect (failing over across hosts), re-declare their queues and resume.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::{SelectAll, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Consumer};
+use novarpc_core::transport::{Acknowledge, Delivery, Listener};
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::Broker;
+use crate::options::KombuOptions;
+use crate::topology::QueueSpec;
+use crate::KombuError;
+
+struct Active {
+    generation: u64,
+    channel: Channel,
+    consumers: SelectAll<Consumer>,
+    tags: Vec<String>,
+}
+
+/// Consumes a set of queues on one channel.
+pub(crate) struct ConsumerSet {
+    broker: Arc<Broker>,
+    options: KombuOptions,
+    queues: Vec<QueueSpec>,
+    no_ack: bool,
+    active: Option<Active>,
+    shutdown: CancellationToken,
+}
+
+impl ConsumerSet {
+    /// Declares the queues and starts consuming, so that messages published
+    /// after this returns reach the set.
+    pub(crate) async fn start(
+        broker: Arc<Broker>,
+        options: KombuOptions,
+        queues: Vec<QueueSpec>,
+        no_ack: bool,
+        shutdown: CancellationToken,
+    ) -> Result<Self, KombuError> {
+        let mut set = ConsumerSet {
+            broker,
+            options,
+            queues,
+            no_ack,
+            active: None,
+            shutdown,
+        };
+        set.active = Some(set.consume().await?);
+        Ok(set)
+    }
+
+    async fn consume(&self) -> Result<Active, KombuError> {
+        let (generation, connection) = self.broker.get().await.map_err(|e| e.last_error)?;
+        let result = async {
+            let channel = connection.create_channel().await?;
+            if self.options.prefetch_count > 0 && !self.no_ack {
+                channel
+                    .basic_qos(self.options.prefetch_count, BasicQosOptions::default())
+                    .await?;
+            }
+            let mut consumers = SelectAll::new();
+            let mut tags = Vec::new();
+            for queue in &self.queues {
+                queue.declare(&channel, &self.options).await?;
+                let tag = format!("novarpc-{}", &queue.name);
+                let consumer = channel
+                    .basic_consume(
+                        queue.name.as_str().into(),
+                        tag.as_str().into(),
+                        BasicConsumeOptions {
+                            no_ack: self.no_ack,
+                            ..BasicConsumeOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                tags.push(consumer.tag().to_string());
+                consumers.push(consumer);
+            }
+            Ok::<_, lapin::Error>(Active {
+                generation,
+                channel,
+                consumers,
+                tags,
+            })
+        }
+        .await;
+        match result {
+            Ok(active) => Ok(active),
+            Err(error) => {
+                if !connection.status().connected() {
+                    self.broker.invalidate(generation).await;
+                }
+                Err(KombuError::Amqp(error))
+            }
+        }
+    }
+
+    /// The next delivery; reconnects as long as it takes. `None` once shut down.
+    pub(crate) async fn next(&mut self) -> Option<lapin::message::Delivery> {
+        let mut delays = self
+            .options
+            .retry_policy()
+            .with_unlimited_retries()
+            .delays();
+        loop {
+            if self.shutdown.is_cancelled() {
+                return None;
+            }
+            let Some(active) = self.active.as_mut() else {
+                let attempt = tokio::select! {
+                    _ = self.shutdown.cancelled() => return None,
+                    attempt = self.consume() => attempt,
+                };
+                match attempt {
+                    Ok(active) => {
+                        tracing::info!(queues = ?self.queue_names(), "consuming again after a reconnect");
+                        self.active = Some(active);
+                    }
+                    Err(error) => {
+                        let delay = delays.next().unwrap_or(std::time::Duration::from_secs(1));
+                        tracing::warn!(%error, ?delay, "cannot resume consuming; retrying");
+                        tokio::select! {
+                            _ = self.shutdown.cancelled() => return None,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                }
+                continue;
+            };
+            let next = tokio::select! {
+                _ = self.shutdown.cancelled() => return None,
+                next = active.consumers.next() => next,
+            };
+            match next {
+                Some(Ok(delivery)) => return Some(delivery),
+                Some(Err(error)) => {
+                    let generation = active.generation;
+                    self.active = None;
+                    tracing::warn!(%error, queues = ?self.queue_names(), "consumer failed; reconnecting");
+                    self.broker.invalidate(generation).await;
+                }
+                None => {
+                    tracing::warn!(queues = ?self.queue_names(), "the broker cancelled a consumer; consuming again");
+                    self.active = None;
+                }
+            }
+        }
+    }
+
+    fn queue_names(&self) -> Vec<&str> {
+        self.queues.iter().map(|q| q.name.as_str()).collect()
+    }
+
+    /// Cancels the consumers, deletes transient queues and closes the channel;
+    /// unacknowledged messages go back to their queues.
+    pub(crate) async fn stop(&mut self) -> Result<(), KombuError> {
+        let Some(active) = self.active.take() else {
+            return Ok(());
+        };
+        for tag in &active.tags {
+            if let Err(error) = active
+                .channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await
+            {
+                tracing::debug!(%error, "cancelling a consumer");
+            }
+        }
+        for queue in self.queues.iter().filter(|q| q.transient) {
+            if let Err(error) = active
+                .channel
+                .queue_delete(queue.name.as_str().into(), QueueDeleteOptions::default())
+                .await
+            {
+                tracing::debug!(%error, queue = %queue.name, "deleting a transient queue");
+            }
+        }
+        let closed = active.channel.close(200, "listener stopped".into()).await;
+        if let Err(error) = closed {
+            tracing::debug!(%error, "closing a consumer channel");
+        }
+        Ok(())
+    }
+}
+
+struct LapinAcknowledge(lapin::Acker);
+
+#[async_trait]
+impl Acknowledge for LapinAcknowledge {
+    async fn ack(self: Box<Self>) {
+        if let Err(error) = self.0.ack(BasicAckOptions::default()).await {
+            tracing::warn!(%error, "cannot acknowledge a message (it will be redelivered)");
+        }
+    }
+
+    async fn reject(self: Box<Self>) {
+        if let Err(error) = self.0.reject(BasicRejectOptions { requeue: false }).await {
+            tracing::warn!(%error, "cannot reject a message");
+        }
+    }
+}
+
+/// A server's or notification listener's consumers.
+pub(crate) struct KombuListener {
+    pub(crate) consumers: ConsumerSet,
+}
+
+#[async_trait]
+impl Listener for KombuListener {
+    async fn next(&mut self) -> Option<Delivery> {
+        let delivery = self.consumers.next().await?;
+        let body = Bytes::from(delivery.data);
+        Some(Delivery::with_acknowledge(
+            body,
+            Box::new(LapinAcknowledge(delivery.acker)),
+        ))
+    }
+
+    async fn stop(&mut self) -> novarpc_core::Result<()> {
+        self.consumers.stop().await.map_err(Into::into)
+    }
+}

@@ -1,0 +1,181 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+use novarpc_amqp::{FailoverStrategy, RetryPolicy};
+use novarpc_core::{Config, ConfigError};
+use serde::Deserialize;
+
+/// Options of the `[kombu]` table. oslo.messaging's names
+/// (`[oslo_messaging_rabbit]`) are accepted as aliases.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KombuOptions {
+    /// Consumer prefetch (QoS); 0 means unlimited.
+    #[serde(alias = "rabbit_qos_prefetch_count")]
+    pub prefetch_count: u16,
+    /// AMQP heartbeat in seconds; 0 takes the broker's (60 s).
+    #[serde(alias = "heartbeat_timeout_threshold")]
+    pub heartbeat_timeout: u16,
+    /// Seconds before the first reconnect attempt; later ones back off
+    /// exponentially (with jitter) up to `retry_interval_max`.
+    #[serde(alias = "rabbit_retry_interval")]
+    pub retry_interval: f64,
+    #[serde(alias = "rabbit_interval_max")]
+    pub retry_interval_max: f64,
+    /// Retries of a failed publish or connect before giving up with an error
+    /// (consumers of a server retry for ever).
+    #[serde(alias = "rabbit_max_retries")]
+    pub max_retries: u32,
+    /// Durable topic queues and control exchange.
+    #[serde(alias = "amqp_durable_queues")]
+    pub durable_queues: bool,
+    #[serde(alias = "amqp_auto_delete")]
+    pub auto_delete: bool,
+    /// `x-expires` of reply and fanout queues, in seconds.
+    #[serde(alias = "rabbit_transient_queues_ttl")]
+    pub transient_queues_ttl: u64,
+    /// Quorum queues for topic and server queues.
+    #[serde(alias = "rabbit_quorum_queue")]
+    pub quorum_queues: bool,
+    /// `x-delivery-limit` of quorum queues (0: none).
+    #[serde(alias = "rabbit_quorum_delivery_limit")]
+    pub quorum_delivery_limit: u32,
+    /// Wait for the broker's confirmation of casts and notifications.
+    pub publisher_confirms: bool,
+    /// Publish replies as mandatory, so a reply to a vanished caller is reported.
+    #[serde(alias = "direct_mandatory_flag")]
+    pub mandatory_replies: bool,
+    /// Seconds a reply keeps being retried while its reply queue is missing.
+    #[serde(alias = "kombu_missing_consumer_retry_timeout")]
+    pub missing_consumer_retry_timeout: f64,
+    /// Order of the transport URL's hosts: `round-robin` or `shuffle`.
+    #[serde(alias = "kombu_failover_strategy")]
+    pub failover_strategy: FailoverStrategy,
+    /// Publisher channels kept open.
+    #[serde(alias = "rpc_conn_pool_size")]
+    pub channel_pool_size: usize,
+    /// TLS (`amqps`), verifying the broker's certificate and host name.
+    pub ssl: bool,
+    pub ssl_ca_file: Option<PathBuf>,
+    pub ssl_cert_file: Option<PathBuf>,
+    pub ssl_key_file: Option<PathBuf>,
+    /// Shown in connection names in the management UI (default: host name).
+    pub hostname: Option<String>,
+    /// Shown in connection names (default: the executable's name).
+    pub processname: Option<String>,
+    /// Accepted from oslo configs; novarpc backs off exponentially instead.
+    pub rabbit_retry_backoff: Option<f64>,
+    /// Accepted from oslo configs; lapin checks heartbeats itself.
+    pub heartbeat_rate: Option<f64>,
+}
+
+impl Default for KombuOptions {
+    fn default() -> Self {
+        KombuOptions {
+            prefetch_count: 0,
+            heartbeat_timeout: 60,
+            retry_interval: 1.0,
+            retry_interval_max: 30.0,
+            max_retries: 3,
+            durable_queues: false,
+            auto_delete: false,
+            transient_queues_ttl: 1800,
+            quorum_queues: false,
+            quorum_delivery_limit: 0,
+            publisher_confirms: true,
+            mandatory_replies: true,
+            missing_consumer_retry_timeout: 60.0,
+            failover_strategy: FailoverStrategy::RoundRobin,
+            channel_pool_size: 8,
+            ssl: false,
+            ssl_ca_file: None,
+            ssl_cert_file: None,
+            ssl_key_file: None,
+            hostname: None,
+            processname: None,
+            rabbit_retry_backoff: None,
+            heartbeat_rate: None,
+        }
+    }
+}
+
+fn seconds(config: &Config, key: &str, value: f64) -> Result<Duration, ConfigError> {
+    if (0.0..1e9).contains(&value) {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(config.invalid(
+            "kombu",
+            key,
+            format!("must be a non-negative number of seconds, got {value}"),
+        ))
+    }
+}
+
+impl KombuOptions {
+    /// Parses `[kombu]` and checks values; reads no files.
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let options: KombuOptions = config.section("kombu")?;
+        seconds(config, "retry_interval", options.retry_interval)?;
+        seconds(config, "retry_interval_max", options.retry_interval_max)?;
+        seconds(
+            config,
+            "missing_consumer_retry_timeout",
+            options.missing_consumer_retry_timeout,
+        )?;
+        if options.channel_pool_size == 0 {
+            return Err(config.invalid("kombu", "channel_pool_size", "must be at least 1"));
+        }
+        if options.ssl_cert_file.is_some() != options.ssl_key_file.is_some() {
+            return Err(config.invalid(
+                "kombu",
+                "ssl_cert_file",
+                "a client certificate needs both ssl_cert_file and ssl_key_file",
+            ));
+        }
+        Ok(options)
+    }
+
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            interval: Duration::from_secs_f64(self.retry_interval),
+            max_interval: Duration::from_secs_f64(self.retry_interval_max),
+            max_retries: Some(self.max_retries),
+        }
+    }
+
+    pub(crate) fn transient_ttl_ms(&self) -> u32 {
+        u32::try_from(self.transient_queues_ttl.saturating_mul(1000)).unwrap_or(u32::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oslo_names_are_aliases() {
+        let config = Config::from_toml_str(
+            "[kombu]\nrabbit_qos_prefetch_count = 64\nheartbeat_timeout_threshold = 10\namqp_durable_queues = true\nkombu_failover_strategy = \"shuffle\"\n",
+            "k.toml",
+        )
+        .unwrap();
+        let options = KombuOptions::from_config(&config).unwrap();
+        assert_eq!(options.prefetch_count, 64);
+        assert_eq!(options.heartbeat_timeout, 10);
+        assert!(options.durable_queues);
+        assert_eq!(options.failover_strategy, FailoverStrategy::Shuffle);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let config = Config::from_toml_str("[kombu]\nretry_interval = -1\n", "k.toml").unwrap();
+        let err = KombuOptions::from_config(&config).unwrap_err().to_string();
+        assert!(
+            err.contains("retry_interval") && err.contains("line 2"),
+            "{err}"
+        );
+        let config = Config::from_toml_str("[kombu]\nprefetch = 1\n", "k.toml").unwrap();
+        let err = KombuOptions::from_config(&config).unwrap_err().to_string();
+        assert!(err.contains("prefetch"), "{err}");
+    }
+}

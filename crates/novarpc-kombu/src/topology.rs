@@ -1,0 +1,169 @@
+//! oslo.messaging's rabbit topology: which exchanges and queues exist for a
+//! target, with the flags and arguments oslo gives them (see
+//! shared/reference/oslo-wire.md in the project's notes).
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, ExchangeKind};
+
+use crate::options::KombuOptions;
+
+/// An exchange to publish to or bind from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Exchange {
+    /// The default exchange (`""`): routes by queue name.
+    Default,
+    /// The control exchange: a topic exchange.
+    Topic(String),
+    /// `<topic>_fanout`.
+    Fanout(String),
+}
+
+impl Exchange {
+    pub(crate) fn fanout_for(topic: &str) -> Self {
+        Exchange::Fanout(format!("{topic}_fanout"))
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Exchange::Default => "",
+            Exchange::Topic(name) | Exchange::Fanout(name) => name,
+        }
+    }
+
+    pub(crate) async fn declare(
+        &self,
+        channel: &Channel,
+        options: &KombuOptions,
+    ) -> lapin::Result<()> {
+        let (kind, durable, auto_delete) = match self {
+            Exchange::Default => return Ok(()),
+            Exchange::Topic(_) => (
+                ExchangeKind::Topic,
+                options.durable_queues,
+                options.auto_delete,
+            ),
+            Exchange::Fanout(_) => (ExchangeKind::Fanout, false, true),
+        };
+        channel
+            .exchange_declare(
+                self.name().into(),
+                kind,
+                ExchangeDeclareOptions {
+                    durable,
+                    auto_delete,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+    }
+}
+
+/// A queue with its bindings.
+#[derive(Clone, Debug)]
+pub(crate) struct QueueSpec {
+    pub(crate) name: String,
+    pub(crate) durable: bool,
+    pub(crate) auto_delete: bool,
+    pub(crate) arguments: FieldTable,
+    pub(crate) bindings: Vec<(Exchange, String)>,
+    /// Deleted when its listener stops (per-process fanout and reply queues).
+    pub(crate) transient: bool,
+}
+
+impl QueueSpec {
+    /// A shared queue (`topic`, `topic.server`, `notifications.info`) bound to
+    /// the control exchange with `routing_key`.
+    pub(crate) fn shared(
+        name: &str,
+        exchange: &str,
+        routing_key: &str,
+        options: &KombuOptions,
+    ) -> Self {
+        let mut arguments = FieldTable::default();
+        let mut durable = options.durable_queues;
+        if options.quorum_queues {
+            durable = true;
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+            if options.quorum_delivery_limit > 0 {
+                arguments.insert(
+                    "x-delivery-limit".into(),
+                    AMQPValue::LongInt(options.quorum_delivery_limit.min(i32::MAX as u32) as i32),
+                );
+            }
+        }
+        QueueSpec {
+            name: name.to_owned(),
+            durable,
+            auto_delete: options.auto_delete,
+            arguments,
+            bindings: vec![(Exchange::Topic(exchange.to_owned()), routing_key.to_owned())],
+            transient: false,
+        }
+    }
+
+    fn expiring(name: String, bindings: Vec<(Exchange, String)>, options: &KombuOptions) -> Self {
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-expires".into(),
+            AMQPValue::LongInt(options.transient_ttl_ms().min(i32::MAX as u32) as i32),
+        );
+        QueueSpec {
+            name,
+            durable: false,
+            auto_delete: false,
+            arguments,
+            bindings,
+            transient: true,
+        }
+    }
+
+    /// `<topic>_fanout_<uuid>`, bound to `<topic>_fanout` with key `<topic>`.
+    pub(crate) fn fanout(topic: &str, unique: &str, options: &KombuOptions) -> Self {
+        QueueSpec::expiring(
+            format!("{topic}_fanout_{unique}"),
+            vec![(Exchange::fanout_for(topic), topic.to_owned())],
+            options,
+        )
+    }
+
+    /// `reply_<uuid>`, on the default exchange only.
+    pub(crate) fn reply(name: String, options: &KombuOptions) -> Self {
+        QueueSpec::expiring(name, Vec::new(), options)
+    }
+
+    pub(crate) async fn declare(
+        &self,
+        channel: &Channel,
+        options: &KombuOptions,
+    ) -> lapin::Result<()> {
+        channel
+            .queue_declare(
+                self.name.as_str().into(),
+                QueueDeclareOptions {
+                    durable: self.durable,
+                    auto_delete: self.auto_delete,
+                    ..QueueDeclareOptions::default()
+                },
+                self.arguments.clone(),
+            )
+            .await?;
+        for (exchange, routing_key) in &self.bindings {
+            exchange.declare(channel, options).await?;
+            channel
+                .queue_bind(
+                    self.name.as_str().into(),
+                    exchange.name().into(),
+                    routing_key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}

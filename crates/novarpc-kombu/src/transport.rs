@@ -1,0 +1,544 @@
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use lapin::options::BasicPublishOptions;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Confirmation};
+use novarpc_amqp::pool::{self, Pool};
+use novarpc_amqp::{ensure, ReplyReceiver, ReplyRegistry, RetryPolicy};
+use novarpc_core::envelope::{self, CallHeader, Request};
+use novarpc_core::transport::{Capabilities, Listener, Transport};
+use novarpc_core::{CommonOptions, Config, Error, Priority, Result, Target};
+use parking_lot::Mutex;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::{broker_hosts, Broker, ChannelManager, KombuConnector};
+use crate::consumer::{ConsumerSet, KombuListener};
+use crate::options::KombuOptions;
+use crate::topology::{Exchange, QueueSpec};
+use crate::{KombuError, BACKEND, CAPABILITIES};
+
+struct Declared {
+    generation: u64,
+    names: HashSet<String>,
+}
+
+struct Shared {
+    common: CommonOptions,
+    options: KombuOptions,
+    broker: Arc<Broker>,
+    publishers: Pool<ChannelManager>,
+    /// Exchanges and notification queues declared on the current connection.
+    declared: Mutex<Declared>,
+    reply_queue: OnceCell<String>,
+    reply_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    replies: Arc<ReplyRegistry>,
+    shutdown: CancellationToken,
+    closed: AtomicBool,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The kombu-like transport: AMQP 0-9-1 on lapin, with oslo.messaging's
+/// rabbit topology and envelope.
+#[derive(Clone)]
+pub struct KombuTransport {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for KombuTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KombuTransport")
+            .field("broker", &self.shared.broker)
+            .field("control_exchange", &self.shared.common.control_exchange)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Properties oslo.messaging puts on every message.
+fn properties() -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_content_encoding("utf-8".into())
+        .with_delivery_mode(2)
+        .with_priority(0)
+        .with_headers(FieldTable::default())
+}
+
+/// One message to publish, and how hard to try.
+struct Publish<'a> {
+    exchange: &'a Exchange,
+    routing_key: &'a str,
+    body: &'a [u8],
+    properties: BasicProperties,
+    /// A queue to declare (and bind) before the first publish on a connection.
+    declare_queue: Option<&'a QueueSpec>,
+    confirm: Confirm,
+    policy: RetryPolicy,
+    /// Stop retrying after this instant (a call's timeout).
+    give_up_at: Option<Instant>,
+}
+
+/// How a publish is confirmed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Confirm {
+    /// Wait for the broker's confirmation (casts, notifications).
+    Wait,
+    /// Hand the frame over and return (calls: the reply is the confirmation).
+    Skip,
+}
+
+impl KombuTransport {
+    /// Builds the transport; connects lazily, on first use.
+    pub fn new(config: &Config) -> std::result::Result<Self, novarpc_core::ConfigError> {
+        let options = KombuOptions::from_config(config)?;
+        let common = config.common().clone();
+        let hosts = broker_hosts(common.transport_url.as_ref(), &options);
+        let ring = novarpc_amqp::HostRing::new(hosts, options.failover_strategy);
+        let broker = Broker::new(
+            KombuConnector::new(options.clone(), &common, "rpc"),
+            ring,
+            options.retry_policy(),
+        );
+        let publishers = pool::build(
+            ChannelManager {
+                broker: broker.clone(),
+                confirms: options.publisher_confirms,
+            },
+            options.channel_pool_size,
+        );
+        Ok(KombuTransport {
+            shared: Arc::new(Shared {
+                common,
+                options,
+                broker,
+                publishers,
+                declared: Mutex::new(Declared {
+                    generation: 0,
+                    names: HashSet::new(),
+                }),
+                reply_queue: OnceCell::new(),
+                reply_task: Mutex::new(None),
+                replies: ReplyRegistry::new(),
+                shutdown: CancellationToken::new(),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Connects now (rather than on first use), to fail fast on a bad broker.
+    pub async fn connect(config: &Config) -> Result<Self> {
+        let transport = KombuTransport::new(config)?;
+        transport
+            .shared
+            .broker
+            .get()
+            .await
+            .map_err(|e| Error::from(e.last_error))?;
+        Ok(transport)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn control_exchange<'a>(&'a self, target: &'a Target) -> &'a str {
+        target.exchange_or(&self.shared.common.control_exchange)
+    }
+
+    /// Publishes with retries: each failure is logged, a broken channel or
+    /// connection is replaced, and after the configured retries the last error
+    /// is returned.
+    async fn publish(&self, publish: Publish<'_>) -> std::result::Result<(), KombuError> {
+        let Publish {
+            exchange,
+            routing_key,
+            body,
+            properties,
+            declare_queue,
+            confirm,
+            policy,
+            give_up_at,
+        } = publish;
+        let shared = &self.shared;
+        let mandatory = exchange == &Exchange::Default && shared.options.mandatory_replies;
+        ensure(
+            &policy,
+            |_| {
+                let properties = properties.clone();
+                async move {
+                    let channel = shared.publishers.get().await.map_err(KombuError::from_pool)?;
+                    let result = async {
+                        self.declare_for_publish(&channel, exchange, declare_queue).await?;
+                        let pending = channel
+                            .channel
+                            .basic_publish(
+                                exchange.name().into(),
+                                routing_key.into(),
+                                BasicPublishOptions {
+                                    mandatory,
+                                    ..BasicPublishOptions::default()
+                                },
+                                body,
+                                properties,
+                            )
+                            .await?;
+                        if confirm == Confirm::Skip {
+                            return Ok(Confirmation::NotRequested);
+                        }
+                        pending.await
+                    }
+                    .await;
+                    match result {
+                        Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Ok(()),
+                        Ok(Confirmation::Ack(Some(_))) => Err(KombuError::Unroutable {
+                            exchange: exchange.name().to_owned(),
+                            routing_key: routing_key.to_owned(),
+                        }),
+                        Ok(Confirmation::Nack(_)) => Err(KombuError::Nacked),
+                        Err(error) => {
+                            // A channel error closes the channel: drop it from the pool.
+                            let _ = pool::Object::take(channel);
+                            Err(KombuError::Amqp(error))
+                        }
+                    }
+                }
+            },
+            |error, attempt| {
+                let retry = give_up_at.is_none_or(|at| Instant::now() < at);
+                tracing::warn!(%error, attempt, exchange = exchange.name(), routing_key, retry, "publish failed");
+                retry
+            },
+        )
+        .await
+        .map_err(|exhausted| KombuError::GaveUp {
+            attempts: exhausted.attempts,
+            last: Box::new(exhausted.last_error),
+        })
+    }
+
+    async fn declare_for_publish(
+        &self,
+        channel: &crate::connection::PooledChannel,
+        exchange: &Exchange,
+        queue: Option<&QueueSpec>,
+    ) -> lapin::Result<()> {
+        let key = match queue {
+            Some(queue) => format!("queue:{}", queue.name),
+            None => format!("exchange:{}", exchange.name()),
+        };
+        if *exchange == Exchange::Default {
+            return Ok(());
+        }
+        {
+            let mut declared = self.shared.declared.lock();
+            if declared.generation != channel.generation {
+                declared.generation = channel.generation;
+                declared.names.clear();
+            }
+            if declared.names.contains(&key) {
+                return Ok(());
+            }
+        }
+        match queue {
+            Some(queue) => {
+                queue
+                    .declare(&channel.channel, &self.shared.options)
+                    .await?
+            }
+            None => {
+                exchange
+                    .declare(&channel.channel, &self.shared.options)
+                    .await?
+            }
+        }
+        let mut declared = self.shared.declared.lock();
+        if declared.generation == channel.generation {
+            declared.names.insert(key);
+        }
+        Ok(())
+    }
+
+    fn cast_policy(&self) -> RetryPolicy {
+        self.shared.options.retry_policy()
+    }
+
+    /// The per-process reply queue, declared and consumed on first use.
+    async fn reply_queue(&self) -> Result<&str> {
+        let shared = &self.shared;
+        let name = shared
+            .reply_queue
+            .get_or_try_init(|| async {
+                let name = format!("reply_{}", uuid_hex());
+                let mut consumers = ConsumerSet::start(
+                    shared.broker.clone(),
+                    shared.options.clone(),
+                    vec![QueueSpec::reply(name.clone(), &shared.options)],
+                    true,
+                    shared.shutdown.clone(),
+                )
+                .await
+                .map_err(Error::from)?;
+                let replies = shared.replies.clone();
+                let task = tokio::spawn(async move {
+                    while let Some(delivery) = consumers.next().await {
+                        replies.deliver_body(&delivery.data);
+                    }
+                    let _ = consumers.stop().await;
+                });
+                *shared.reply_task.lock() = Some(task);
+                Ok::<_, Error>(name)
+            })
+            .await?;
+        Ok(name)
+    }
+
+    fn listen_spec(&self, target: &Target) -> Vec<QueueSpec> {
+        let options = &self.shared.options;
+        let exchange = self.control_exchange(target);
+        let topic = &target.topic;
+        let mut queues = vec![QueueSpec::shared(topic, exchange, topic, options)];
+        if let Some(server) = &target.server {
+            let name = format!("{topic}.{server}");
+            queues.push(QueueSpec::shared(&name, exchange, &name, options));
+        }
+        queues.push(QueueSpec::fanout(topic, &uuid_hex(), options));
+        queues
+    }
+}
+
+fn uuid_hex() -> String {
+    envelope::new_unique_id()
+}
+
+#[async_trait]
+impl Transport for KombuTransport {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
+    fn options(&self) -> &CommonOptions {
+        &self.shared.common
+    }
+
+    async fn send(&self, target: &Target, request: &Request<'_>) -> Result<()> {
+        self.check_open()?;
+        let body = envelope::encode_request(request, None);
+        let (exchange, routing_key) = if target.fanout {
+            if target.server.is_some() {
+                return Err(Error::Unsupported {
+                    backend: BACKEND,
+                    operation: "fanout to a server",
+                });
+            }
+            (Exchange::fanout_for(&target.topic), String::new())
+        } else {
+            let key = match &target.server {
+                Some(server) => format!("{}.{server}", target.topic),
+                None => target.topic.clone(),
+            };
+            (
+                Exchange::Topic(self.control_exchange(target).to_owned()),
+                key,
+            )
+        };
+        let confirm = if self.shared.options.publisher_confirms {
+            Confirm::Wait
+        } else {
+            Confirm::Skip
+        };
+        self.publish(Publish {
+            exchange: &exchange,
+            routing_key: &routing_key,
+            body: &body,
+            properties: properties(),
+            declare_queue: None,
+            confirm,
+            policy: self.cast_policy(),
+            give_up_at: None,
+        })
+        .await
+        .map_err(Error::from)
+    }
+
+    async fn send_call(
+        &self,
+        target: &Target,
+        request: &Request<'_>,
+        timeout: Duration,
+    ) -> Result<ReplyReceiver> {
+        self.check_open()?;
+        let reply_q = self.reply_queue().await?;
+        let msg_id = envelope::new_unique_id();
+        let body = envelope::encode_request(
+            request,
+            Some(CallHeader {
+                msg_id: &msg_id,
+                reply_q,
+            }),
+        );
+        let receiver = self.shared.replies.register(msg_id);
+        let routing_key = match &target.server {
+            Some(server) => format!("{}.{server}", target.topic),
+            None => target.topic.clone(),
+        };
+        let exchange = Exchange::Topic(self.control_exchange(target).to_owned());
+        let expiration = timeout.as_millis().max(1).to_string();
+        let give_up_at = Instant::now() + timeout;
+        self.publish(Publish {
+            exchange: &exchange,
+            routing_key: &routing_key,
+            body: &body,
+            properties: properties().with_expiration(expiration.into()),
+            declare_queue: None,
+            confirm: Confirm::Skip,
+            policy: self.cast_policy(),
+            give_up_at: Some(give_up_at),
+        })
+        .await
+        .map_err(Error::from)?;
+        Ok(receiver)
+    }
+
+    async fn send_reply(&self, reply_q: &str, body: Bytes) -> Result<()> {
+        self.check_open()?;
+        let timeout = Duration::from_secs_f64(self.shared.options.missing_consumer_retry_timeout);
+        // A missing reply queue may come back (its caller reconnecting): keep
+        // trying for `missing_consumer_retry_timeout`, as oslo does.
+        let policy = RetryPolicy {
+            interval: Duration::from_millis(100),
+            max_interval: Duration::from_secs(2),
+            max_retries: None,
+        };
+        let confirm =
+            if self.shared.options.mandatory_replies || self.shared.options.publisher_confirms {
+                Confirm::Wait
+            } else {
+                Confirm::Skip
+            };
+        self.publish(Publish {
+            exchange: &Exchange::Default,
+            routing_key: reply_q,
+            body: &body,
+            properties: properties(),
+            declare_queue: None,
+            confirm,
+            policy,
+            give_up_at: Some(Instant::now() + timeout),
+        })
+        .await
+        .map_err(Error::from)
+    }
+
+    async fn send_notification(
+        &self,
+        target: &Target,
+        priority: Priority,
+        body: Bytes,
+    ) -> Result<()> {
+        self.check_open()?;
+        let exchange_name = self.control_exchange(target);
+        let key = format!("{}.{}", target.topic, priority.routing_name());
+        // Like oslo's notifier, declare the queue so notifications wait for a listener.
+        let queue = QueueSpec::shared(&key, exchange_name, &key, &self.shared.options);
+        let confirm = if self.shared.options.publisher_confirms {
+            Confirm::Wait
+        } else {
+            Confirm::Skip
+        };
+        self.publish(Publish {
+            exchange: &Exchange::Topic(exchange_name.to_owned()),
+            routing_key: &key,
+            body: &body,
+            properties: properties(),
+            declare_queue: Some(&queue),
+            confirm,
+            policy: self.cast_policy(),
+            give_up_at: None,
+        })
+        .await
+        .map_err(Error::from)
+    }
+
+    async fn listen(&self, target: &Target) -> Result<Box<dyn Listener>> {
+        self.check_open()?;
+        let consumers = ConsumerSet::start(
+            self.shared.broker.clone(),
+            self.shared.options.clone(),
+            self.listen_spec(target),
+            false,
+            self.shared.shutdown.child_token(),
+        )
+        .await?;
+        Ok(Box::new(KombuListener { consumers }))
+    }
+
+    async fn listen_for_notifications(
+        &self,
+        targets: &[Target],
+        priorities: &[Priority],
+        pool: Option<&str>,
+    ) -> Result<Box<dyn Listener>> {
+        self.check_open()?;
+        let options = &self.shared.options;
+        let mut queues: Vec<QueueSpec> = Vec::new();
+        for target in targets {
+            let exchange = self.control_exchange(target);
+            for priority in priorities {
+                let key = format!("{}.{}", target.topic, priority.routing_name());
+                let name = pool.unwrap_or(&key);
+                let spec = QueueSpec::shared(name, exchange, &key, options);
+                match queues.iter_mut().find(|q| q.name == name) {
+                    Some(existing) => existing.bindings.extend(spec.bindings),
+                    None => queues.push(spec),
+                }
+            }
+        }
+        let consumers = ConsumerSet::start(
+            self.shared.broker.clone(),
+            options.clone(),
+            queues,
+            false,
+            self.shared.shutdown.child_token(),
+        )
+        .await?;
+        Ok(Box::new(KombuListener { consumers }))
+    }
+
+    async fn cleanup(&self) -> Result<()> {
+        if self.shared.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.shared.shutdown.cancel();
+        self.shared.replies.close_all();
+        let task = self.shared.reply_task.lock().take();
+        if let Some(task) = task {
+            // The reply consumer deletes its queue on the way out.
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        self.shared.publishers.close();
+        if let Some(connection) = self.shared.broker.take().await {
+            if let Err(error) = connection.close(200, "cleanup".into()).await {
+                tracing::debug!(%error, "closing the connection");
+            }
+        }
+        Ok(())
+    }
+}
