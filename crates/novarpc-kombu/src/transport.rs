@@ -533,12 +533,14 @@ impl Transport for KombuTransport {
             // The reply consumer deletes its queue on the way out.
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
-        self.shared.publishers.close();
+        // Closing the connection closes its channels; dropping pooled channels
+        // first would race their own close against it.
         if let Some(connection) = self.shared.broker.take().await {
             if let Err(error) = connection.close(200, "cleanup".into()).await {
                 tracing::debug!(%error, "closing the connection");
             }
         }
+        self.shared.publishers.close();
         Ok(())
     }
 }
