@@ -189,7 +189,7 @@ impl<'b> Fixture<'b> {
         queues.extend(self.hosts.iter().map(|h| format!("{}.{h}", self.topic)));
         queues.dedup();
         self.backend
-            .remove_topology(&queues, &[self.exchange.clone()])
+            .remove_topology(&queues, std::slice::from_ref(&self.exchange))
             .await
     }
 }
