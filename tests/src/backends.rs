@@ -70,13 +70,13 @@ pub struct KombuBackend {
 }
 
 pub fn kombu() -> KombuBackend {
-    kombu_with("")
+    kombu_with("retry_interval = 0.2\nretry_interval_max = 1\nmax_retries = 2")
 }
 
-/// The kombu backend with extra `[kombu]` options (TOML lines).
+/// The kombu backend with these `[kombu]` options (TOML lines).
 pub fn kombu_with(kombu_options: &str) -> KombuBackend {
     let text = format!(
-        "[DEFAULT]\nrpc_backend = \"kombu\"\ntransport_url = \"{}\"\nrpc_response_timeout = 10\n\n[kombu]\nretry_interval = 0.2\nretry_interval_max = 1\nmax_retries = 2\n{kombu_options}\n",
+        "[DEFAULT]\nrpc_backend = \"kombu\"\ntransport_url = \"{}\"\nrpc_response_timeout = 10\n\n[kombu]\n{kombu_options}\n",
         rabbit_url()
     );
     let config =

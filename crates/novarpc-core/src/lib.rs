@@ -7,6 +7,7 @@
 //! (dispatching, versioning, serialization, request context) lives here once.
 
 pub mod config;
+pub mod dedup;
 pub mod envelope;
 mod error;
 pub mod memory;

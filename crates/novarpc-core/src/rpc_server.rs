@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::dedup::DedupCache;
 use crate::envelope::{
     self, Context, IncomingRequest, RemoteFailure, ReplyBody, DISPATCHER_MODULE,
 };
@@ -299,11 +300,17 @@ impl RpcServerBuilder {
             ));
         }
         let listener = self.transport.listen(&self.target).await?;
+        let seen = self
+            .transport
+            .capabilities()
+            .redelivers
+            .then(|| DedupCache::new(1024, std::time::Duration::from_secs(300)));
         let shared = Arc::new(Shared {
             transport: self.transport,
             dispatcher: Dispatcher {
                 endpoints: self.endpoints,
             },
+            seen,
         });
         let token = CancellationToken::new();
         let task = tokio::spawn(serve(
@@ -324,6 +331,8 @@ impl RpcServerBuilder {
 struct Shared {
     transport: Arc<dyn Transport>,
     dispatcher: Dispatcher,
+    /// Recent `_unique_id`s, when the broker may redeliver.
+    seen: Option<DedupCache>,
 }
 
 /// Serves endpoints on a target until stopped. Dropping it stops it too (in
@@ -418,6 +427,12 @@ async fn process(delivery: Delivery, shared: &Shared) {
         }
     };
     delivery.ack().await;
+    if let (Some(seen), Some(unique_id)) = (&shared.seen, &request.unique_id) {
+        if seen.is_duplicate(unique_id) {
+            tracing::info!(method = %request.method, %unique_id, "dropping a redelivered duplicate");
+            return;
+        }
+    }
     let reply_to = match (&request.msg_id, &request.reply_q) {
         (Some(msg_id), Some(reply_q)) => Some((msg_id.clone(), reply_q.clone())),
         _ => None,

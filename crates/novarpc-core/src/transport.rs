@@ -34,6 +34,9 @@ pub struct Capabilities {
     pub publisher_confirms: bool,
     /// Messages can cross process boundaries.
     pub cross_process: bool,
+    /// The broker may deliver a message twice (an acknowledgement lost with a
+    /// connection): servers then drop repeats by the message's `_unique_id`.
+    pub redelivers: bool,
 }
 
 /// The acknowledgement half of a delivery, for brokers that want one.

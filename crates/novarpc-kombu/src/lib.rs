@@ -31,6 +31,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     notifications: true,
     publisher_confirms: true,
     cross_process: true,
+    redelivers: true,
 };
 
 /// The driver's registration.
@@ -59,7 +60,7 @@ pub enum KombuError {
     Amqp(lapin::Error),
     #[error("TLS setup: {0}")]
     Tls(String),
-    #[error("no queue is bound to exchange `{exchange}` with routing key `{routing_key}` (message returned)")]
+    #[error("no queue took the message on exchange `{exchange}` with routing key `{routing_key}`: is anything listening?")]
     Unroutable {
         exchange: String,
         routing_key: String,

@@ -42,6 +42,12 @@ pub struct KombuOptions {
     pub quorum_delivery_limit: u32,
     /// Wait for the broker's confirmation of casts and notifications.
     pub publisher_confirms: bool,
+    /// Publish casts to a topic or server as mandatory: a cast no queue takes
+    /// (nobody ever listened, or the broker restarted and the servers have not
+    /// re-declared their queues yet) is retried, then reported as an error,
+    /// instead of being confirmed and dropped. oslo drops such casts silently:
+    /// set `false` for that. Fanout casts are never mandatory.
+    pub mandatory_casts: bool,
     /// Publish replies as mandatory, so a reply to a vanished caller is reported.
     #[serde(alias = "direct_mandatory_flag")]
     pub mandatory_replies: bool,
@@ -83,6 +89,7 @@ impl Default for KombuOptions {
             quorum_queues: false,
             quorum_delivery_limit: 0,
             publisher_confirms: true,
+            mandatory_casts: true,
             mandatory_replies: true,
             missing_consumer_retry_timeout: 60.0,
             failover_strategy: FailoverStrategy::RoundRobin,

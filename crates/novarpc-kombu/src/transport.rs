@@ -80,6 +80,8 @@ struct Publish<'a> {
     routing_key: &'a str,
     body: &'a [u8],
     properties: BasicProperties,
+    /// Ask the broker to return the message if no queue takes it.
+    mandatory: bool,
     /// A queue to declare (and bind) before the first publish on a connection.
     declare_queue: Option<&'a QueueSpec>,
     confirm: Confirm,
@@ -165,6 +167,7 @@ impl KombuTransport {
     async fn publish(&self, publish: Publish<'_>) -> std::result::Result<(), KombuError> {
         let Publish {
             exchange,
+            mandatory,
             routing_key,
             body,
             properties,
@@ -174,7 +177,6 @@ impl KombuTransport {
             give_up_at,
         } = publish;
         let shared = &self.shared;
-        let mandatory = exchange == &Exchange::Default && shared.options.mandatory_replies;
         ensure(
             &policy,
             |_| {
@@ -364,8 +366,12 @@ impl Transport for KombuTransport {
         } else {
             Confirm::Skip
         };
+        // Returns are only reported with confirms on.
+        let mandatory =
+            !target.fanout && self.shared.options.mandatory_casts && confirm == Confirm::Wait;
         self.publish(Publish {
             exchange: &exchange,
+            mandatory,
             routing_key: &routing_key,
             body: &body,
             properties: properties(),
@@ -406,6 +412,7 @@ impl Transport for KombuTransport {
             exchange: &exchange,
             routing_key: &routing_key,
             body: &body,
+            mandatory: false,
             properties: properties().with_expiration(expiration.into()),
             declare_queue: None,
             confirm: Confirm::Skip,
@@ -435,6 +442,7 @@ impl Transport for KombuTransport {
             };
         self.publish(Publish {
             exchange: &Exchange::Default,
+            mandatory: self.shared.options.mandatory_replies && confirm == Confirm::Wait,
             routing_key: reply_q,
             body: &body,
             properties: properties(),
@@ -465,6 +473,7 @@ impl Transport for KombuTransport {
         };
         self.publish(Publish {
             exchange: &Exchange::Topic(exchange_name.to_owned()),
+            mandatory: false,
             routing_key: &key,
             body: &body,
             properties: properties(),

@@ -37,6 +37,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     notifications: true,
     publisher_confirms: false,
     cross_process: false,
+    redelivers: false,
 };
 
 /// The driver's registration.
