@@ -183,9 +183,9 @@ impl KombuTransport {
                 let properties = properties.clone();
                 async move {
                     let channel = shared.publishers.get().await.map_err(KombuError::from_pool)?;
-                    let result = async {
+                    let published = async {
                         self.declare_for_publish(&channel, exchange, declare_queue).await?;
-                        let pending = channel
+                        channel
                             .channel
                             .basic_publish(
                                 exchange.name().into(),
@@ -197,25 +197,31 @@ impl KombuTransport {
                                 body,
                                 properties,
                             )
-                            .await?;
-                        if confirm == Confirm::Skip {
-                            return Ok(Confirmation::NotRequested);
-                        }
-                        pending.await
+                            .await
                     }
                     .await;
-                    match result {
+                    let pending = match published {
+                        Ok(pending) => pending,
+                        Err(error) => {
+                            // A channel error closes the channel: drop it from the pool.
+                            let _ = pool::Object::take(channel);
+                            return Err(KombuError::Amqp(error));
+                        }
+                    };
+                    // Give the channel back before waiting: many publishes share a
+                    // channel while their confirmations are outstanding.
+                    drop(channel);
+                    if confirm == Confirm::Skip {
+                        return Ok(());
+                    }
+                    match pending.await {
                         Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Ok(()),
                         Ok(Confirmation::Ack(Some(_))) => Err(KombuError::Unroutable {
                             exchange: exchange.name().to_owned(),
                             routing_key: routing_key.to_owned(),
                         }),
                         Ok(Confirmation::Nack(_)) => Err(KombuError::Nacked),
-                        Err(error) => {
-                            // A channel error closes the channel: drop it from the pool.
-                            let _ = pool::Object::take(channel);
-                            Err(KombuError::Amqp(error))
-                        }
+                        Err(error) => Err(KombuError::Amqp(error)),
                     }
                 }
             },
@@ -238,20 +244,19 @@ impl KombuTransport {
         exchange: &Exchange,
         queue: Option<&QueueSpec>,
     ) -> lapin::Result<()> {
-        let key = match queue {
-            Some(queue) => format!("queue:{}", queue.name),
-            None => format!("exchange:{}", exchange.name()),
-        };
         if *exchange == Exchange::Default {
             return Ok(());
         }
+        // Queues declared for publishing also declare their exchange, so one
+        // set of names covers both.
+        let name = queue.map_or(exchange.name(), |q| q.name.as_str());
         {
             let mut declared = self.shared.declared.lock();
             if declared.generation != channel.generation {
                 declared.generation = channel.generation;
                 declared.names.clear();
             }
-            if declared.names.contains(&key) {
+            if declared.names.contains(name) {
                 return Ok(());
             }
         }
@@ -269,7 +274,7 @@ impl KombuTransport {
         }
         let mut declared = self.shared.declared.lock();
         if declared.generation == channel.generation {
-            declared.names.insert(key);
+            declared.names.insert(name.to_owned());
         }
         Ok(())
     }

@@ -5,9 +5,13 @@
 //! `cargo bench -p novarpc --bench memory` (`-- --seconds N` to change the
 //! duration of each measurement).
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use common::{drive, report, seconds};
 
 use novarpc::{Context, Endpoint, EndpointError, RpcClient, RpcServer, Target};
 use serde::{Deserialize, Serialize};
@@ -18,65 +22,6 @@ use tokio::sync::{mpsc, oneshot};
 struct AddArgs {
     a: i64,
     b: i64,
-}
-
-fn seconds() -> Duration {
-    let args: Vec<String> = std::env::args().collect();
-    let secs = args
-        .iter()
-        .position(|a| a == "--seconds")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse::<f64>().ok())
-        .unwrap_or(3.0);
-    Duration::from_secs_f64(secs)
-}
-
-/// Runs `in_flight` loops of `op` for `duration`; returns ops/s and a
-/// histogram of latencies in µs.
-async fn drive<F, Fut>(
-    in_flight: usize,
-    duration: Duration,
-    op: F,
-) -> (f64, hdrhistogram::Histogram<u64>)
-where
-    F: Fn(i64) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let done = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let deadline = start + duration;
-    let mut tasks = Vec::new();
-    for _ in 0..in_flight {
-        let op = op.clone();
-        let done = done.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut histogram = hdrhistogram::Histogram::<u64>::new(3).unwrap();
-            let mut i = 0;
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                op(i).await;
-                histogram.saturating_record(t.elapsed().as_micros() as u64);
-                i += 1;
-            }
-            done.fetch_add(i as u64, Ordering::Relaxed);
-            histogram
-        }));
-    }
-    let mut histogram = hdrhistogram::Histogram::<u64>::new(3).unwrap();
-    for task in tasks {
-        histogram.add(task.await.unwrap()).unwrap();
-    }
-    let rate = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
-    (rate, histogram)
-}
-
-fn report(name: &str, rate: f64, baseline: f64, histogram: &hdrhistogram::Histogram<u64>) {
-    println!(
-        "{name:<28} {rate:>10.0} /s   raw {baseline:>10.0} /s   ratio {:>5.2}   p50 {:>5} µs  p99 {:>6} µs",
-        rate / baseline,
-        histogram.value_at_quantile(0.5),
-        histogram.value_at_quantile(0.99),
-    );
 }
 
 type RawRequest = (String, oneshot::Sender<String>);
@@ -139,13 +84,13 @@ async fn run() {
     );
     for in_flight in [1usize, 64] {
         let raw_server = raw.clone();
-        let (baseline, _) = drive(in_flight, duration, move |i| {
+        let raw = drive(in_flight, duration, move |i| {
             let raw_server = raw_server.clone();
             async move { raw_call(&raw_server, i).await }
         })
         .await;
         let c = client.clone();
-        let (rate, histogram) = drive(in_flight, duration, move |i| {
+        let ours = drive(in_flight, duration, move |i| {
             let c = c.clone();
             async move {
                 let ctx = Context::new();
@@ -154,12 +99,7 @@ async fn run() {
             }
         })
         .await;
-        report(
-            &format!("call, {in_flight} in flight"),
-            rate,
-            baseline,
-            &histogram,
-        );
+        report(&format!("call, {in_flight} in flight"), &ours, &raw);
     }
 
     // Casts: publish as fast as one sender can, count what the server processed.
