@@ -1,0 +1,188 @@
+//! Behaviour of the kombu driver that RabbitMQ users expect beyond the shared
+//! suite: failover across the transport URL's hosts, mandatory replies and
+//! casts, quorum queues, connection names. Needs RabbitMQ (`./scripts/test`).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context as _, Result};
+use novarpc::{Context, Endpoint, EndpointError, Error, RpcClient, RpcServer, Target};
+use novarpc_conformance::backends::{kombu_with, START_RABBITMQ};
+use novarpc_conformance::{unique, Backend};
+use serde_json::{json, Value};
+
+async fn rabbitmqctl(args: &[&str]) -> Result<String> {
+    let output = tokio::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .await
+        .context("running rabbitmqctl")?;
+    ensure!(output.status.success(), "rabbitmqctl {args:?} failed");
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn config(text: &str) -> Result<novarpc::Config> {
+    Ok(novarpc::Config::from_toml_str(text, "<kombu features>")?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: run ./scripts/test"]
+async fn fails_over_to_the_next_host_of_the_transport_url() -> Result<()> {
+    // Nothing listens on port 1; the second host is the real broker.
+    let config = config(
+        "[DEFAULT]\ntransport_url = \"rabbit://guest:guest@127.0.0.1:1,guest:guest@127.0.0.1:5672/\"\n\
+         [kombu]\nretry_interval = 0.1\nretry_interval_max = 0.2\nmax_retries = 3\n",
+    )?;
+    let transport = novarpc::connect(&config)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; {START_RABBITMQ}"))?;
+    let topic = unique("failover");
+    let server = RpcServer::builder(transport.clone(), Target::new(&topic).server("h1"))
+        .endpoint(Endpoint::new().method("ping", |_ctx, _: Value| async move {
+            Ok::<_, EndpointError>("pong")
+        }))
+        .start()
+        .await?;
+    let pong: String = RpcClient::new(transport.clone(), Target::new(&topic))
+        .call(&Context::new(), "ping", &json!({}))
+        .await?;
+    ensure!(pong == "pong");
+    server.stop().await?;
+    transport.cleanup().await?;
+    kombu_with("")
+        .remove_topology(&[topic.clone(), format!("{topic}.h1")], &[])
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: run ./scripts/test"]
+async fn all_hosts_down_is_a_clear_error() -> Result<()> {
+    let config = config(
+        "[DEFAULT]\ntransport_url = \"rabbit://nova:s3cret@127.0.0.1:1,nova:s3cret@127.0.0.1:2/\"\n\
+         [kombu]\nretry_interval = 0.05\nretry_interval_max = 0.1\nmax_retries = 2\n",
+    )?;
+    let error = novarpc::connect(&config)
+        .await
+        .expect_err("no broker there");
+    let text = error.to_string();
+    ensure!(
+        matches!(
+            error,
+            Error::Transport {
+                backend: "kombu",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    ensure!(
+        text.contains("gave up") || text.contains("cannot connect"),
+        "{text}"
+    );
+    ensure!(!text.contains("s3cret"), "the password leaked: {text}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: run ./scripts/test"]
+async fn a_reply_to_a_vanished_caller_is_reported() -> Result<()> {
+    let backend = kombu_with("missing_consumer_retry_timeout = 1\nretry_interval = 0.1");
+    let transport = backend.transport().await?;
+    let started = Instant::now();
+    let result = transport
+        .send_reply(
+            "reply_nobody_listens_here",
+            bytes::Bytes::from_static(b"{}"),
+        )
+        .await;
+    let text = match result {
+        Err(Error::Transport {
+            backend: "kombu",
+            cause,
+        }) => cause.to_string(),
+        other => anyhow::bail!("expected a kombu transport error, got {other:?}"),
+    };
+    ensure!(text.contains("no queue took the message"), "{text}");
+    ensure!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    transport.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: run ./scripts/test"]
+async fn a_cast_no_queue_takes_is_reported_unless_oslo_behaviour_is_asked_for() -> Result<()> {
+    let topic = unique("nobody");
+    let strict = kombu_with("retry_interval = 0.05\nretry_interval_max = 0.1\nmax_retries = 1");
+    let client = RpcClient::new(strict.transport().await?, Target::new(&topic));
+    let result = client.cast(&Context::new(), "anything", &json!({})).await;
+    match &result {
+        Err(Error::Transport { cause, .. }) => {
+            ensure!(
+                cause.to_string().contains("is anything listening"),
+                "{cause}"
+            )
+        }
+        other => anyhow::bail!("expected an unroutable error, got {other:?}"),
+    }
+    // Fanout casts may have no listener.
+    client
+        .fanout_cast(&Context::new(), "anything", &json!({}))
+        .await?;
+    client.cleanup().await?;
+
+    let oslo_like = kombu_with("mandatory_casts = false");
+    let client = RpcClient::new(oslo_like.transport().await?, Target::new(&topic));
+    client.cast(&Context::new(), "anything", &json!({})).await?;
+    client.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: run ./scripts/test"]
+async fn quorum_queues_serve_calls() -> Result<()> {
+    let backend = kombu_with("quorum_queues = true\nquorum_delivery_limit = 5");
+    let topic = unique("quorum");
+    let server = RpcServer::builder(backend.transport().await?, Target::new(&topic).server("h1"))
+        .endpoint(Endpoint::new().method("ping", |_ctx, _: Value| async move {
+            Ok::<_, EndpointError>("pong")
+        }))
+        .start()
+        .await?;
+    let client = RpcClient::new(backend.transport().await?, Target::new(&topic));
+    let pong: String = client.call(&Context::new(), "ping", &json!({})).await?;
+    ensure!(pong == "pong");
+    let queues =
+        rabbitmqctl(&["list_queues", "-q", "name", "type", "durable", "arguments"]).await?;
+    let line = queues
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(topic.as_str()))
+        .context("the topic queue is missing")?;
+    ensure!(
+        line.contains("quorum") && line.contains("true") && line.contains("x-delivery-limit"),
+        "{line}"
+    );
+    server.stop().await?;
+    client.cleanup().await?;
+    backend
+        .remove_topology(&[topic.clone(), format!("{topic}.h1")], &[])
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: run ./scripts/test"]
+async fn connections_are_named_after_process_and_host() -> Result<()> {
+    let backend = kombu_with("processname = \"nova-compute-test\"\nhostname = \"node-7\"");
+    let transport = backend.transport().await?;
+    let names = rabbitmqctl(&["list_connections", "-q", "client_properties"]).await?;
+    ensure!(
+        names.contains("nova-compute-test")
+            && names.contains("node-7")
+            && names.contains("novarpc"),
+        "no named connection in: {names}"
+    );
+    transport.cleanup().await?;
+    Ok(())
+}
