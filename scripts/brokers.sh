@@ -1,5 +1,30 @@
 # Starts the brokers the tests need, idempotently. Sourced by scripts/test.
 
+# Waits (up to 2 minutes) until RabbitMQ answers; `await_startup` alone fails
+# at once while the Erlang node is still booting.
+wait_for_rabbitmq() {
+    local i
+    for i in $(seq 1 60); do
+        if rabbitmqctl -q await_startup --timeout 5 >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 2
+    done
+    echo "error: RabbitMQ did not start; see /var/log/rabbitmq/" >&2
+    return 1
+}
+
+restart_rabbitmq() {
+    rabbitmqctl -q stop >/dev/null 2>&1 || true
+    local i
+    for i in $(seq 1 30); do
+        rabbitmqctl -q ping >/dev/null 2>&1 || break
+        sleep 1
+    done
+    rabbitmq-server -detached >/dev/null 2>&1 || true
+    wait_for_rabbitmq
+}
+
 ensure_rabbitmq() {
     if ! command -v rabbitmqctl >/dev/null 2>&1; then
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -13,10 +38,7 @@ ensure_rabbitmq() {
     if ! rabbitmqctl -q await_startup --timeout 5 >/dev/null 2>&1; then
         echo "starting RabbitMQ"
         rabbitmq-server -detached >/dev/null 2>&1 || true
-        if ! rabbitmqctl -q await_startup --timeout 120; then
-            echo "error: RabbitMQ did not start; see /var/log/rabbitmq/" >&2
-            return 1
-        fi
+        wait_for_rabbitmq || return 1
     fi
     echo "RabbitMQ is up on 127.0.0.1:5672"
 }
@@ -33,4 +55,57 @@ ensure_oslo_venv() {
     fi
     export NOVARPC_PYTHON="$NOVARPC_VENV/bin/python"
     echo "oslo.messaging $("$NOVARPC_PYTHON" -c 'import importlib.metadata as m; print(m.version("oslo.messaging"))') in $NOVARPC_VENV"
+}
+
+# A TLS listener on 127.0.0.1:5671 with a throw-away CA, for the TLS tests.
+# The server certificate names only `localhost`, so connecting by IP address
+# must fail host-name verification. NOVARPC_TEST_TLS_DIR tells the tests where
+# the CA and a client certificate are.
+NOVARPC_TLS_DIR="${NOVARPC_TLS_DIR:-/etc/rabbitmq/novarpc-tls}"
+
+ensure_rabbitmq_tls() {
+    local dir="$NOVARPC_TLS_DIR" conf=/etc/rabbitmq/rabbitmq.conf
+    if [ ! -s "$dir/server.pem" ] || [ ! -s "$dir/client.pem" ]; then
+        echo "creating a test CA and certificates in $dir"
+        mkdir -p "$dir"
+        (
+            cd "$dir"
+            openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 3650 \
+                -subj "/CN=novarpc test CA" 2>/dev/null
+            for who in server client; do
+                openssl req -newkey rsa:2048 -nodes -keyout "$who.key" -out "$who.csr" \
+                    -subj "/CN=novarpc-$who" 2>/dev/null
+            done
+            printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >server.ext
+            printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n' >client.ext
+            for who in server client; do
+                openssl x509 -req -in "$who.csr" -CA ca.pem -CAkey ca.key -CAcreateserial \
+                    -out "$who.pem" -days 3650 -extfile "$who.ext" 2>/dev/null
+            done
+            chmod 644 ./*.pem ./*.key
+        )
+        chown -R rabbitmq:rabbitmq "$dir" 2>/dev/null || true
+    fi
+    export NOVARPC_TEST_TLS_DIR="$dir"
+    if ! grep -q "novarpc test TLS listener" "$conf" 2>/dev/null; then
+        echo "adding a TLS listener on 127.0.0.1:5671 to $conf"
+        cat >>"$conf" <<CONF
+# novarpc test TLS listener (added by novarpc's scripts/brokers.sh)
+listeners.ssl.default = 127.0.0.1:5671
+ssl_options.cacertfile = $dir/ca.pem
+ssl_options.certfile = $dir/server.pem
+ssl_options.keyfile = $dir/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
+CONF
+    fi
+    if ! rabbitmq-diagnostics -q listeners 2>/dev/null | grep -q "port: 5671"; then
+        echo "restarting RabbitMQ to open the TLS listener"
+        restart_rabbitmq || return 1
+        if ! rabbitmq-diagnostics -q listeners 2>/dev/null | grep -q "port: 5671"; then
+            echo "error: RabbitMQ has no TLS listener on 5671; see /var/log/rabbitmq/" >&2
+            return 1
+        fi
+    fi
+    echo "RabbitMQ TLS is up on 127.0.0.1:5671 (CA in $dir)"
 }

@@ -186,3 +186,116 @@ async fn connections_are_named_after_process_and_host() -> Result<()> {
     transport.cleanup().await?;
     Ok(())
 }
+
+/// Where `scripts/brokers.sh` put the test CA and client certificate.
+fn tls_dir() -> Result<std::path::PathBuf> {
+    let dir = std::path::PathBuf::from(
+        std::env::var("NOVARPC_TEST_TLS_DIR")
+            .unwrap_or_else(|_| "/etc/rabbitmq/novarpc-tls".to_owned()),
+    );
+    ensure!(
+        dir.join("ca.pem").exists(),
+        "no test CA in {}: run ./scripts/test (it enables RabbitMQ's TLS listener on 5671)",
+        dir.display()
+    );
+    Ok(dir)
+}
+
+fn tls_config(host: &str, extra: &str) -> Result<novarpc::Config> {
+    let dir = tls_dir()?;
+    config(&format!(
+        "[DEFAULT]\ntransport_url = \"rabbit://guest:guest@{host}:5671/\"\n\
+         [kombu]\nssl = true\nssl_ca_file = \"{}\"\nretry_interval = 0.05\nretry_interval_max = 0.1\nmax_retries = 1\n{extra}\n",
+        dir.join("ca.pem").display()
+    ))
+}
+
+async fn ping_over(config: &novarpc::Config) -> Result<()> {
+    let transport = novarpc::connect(config).await?;
+    let topic = unique("tls");
+    let server = RpcServer::builder(transport.clone(), Target::new(&topic).server("h1"))
+        .endpoint(Endpoint::new().method("ping", |_ctx, _: Value| async move {
+            Ok::<_, EndpointError>("pong")
+        }))
+        .start()
+        .await?;
+    let pong: String = RpcClient::new(transport.clone(), Target::new(&topic))
+        .call(&Context::new(), "ping", &json!({}))
+        .await?;
+    ensure!(pong == "pong");
+    server.stop().await?;
+    transport.cleanup().await?;
+    kombu_with("")
+        .remove_topology(&[topic.clone(), format!("{topic}.h1")], &[])
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ with the TLS listener: run ./scripts/test"]
+async fn tls_with_a_ca_file_and_a_client_certificate() -> Result<()> {
+    ping_over(&tls_config("localhost", "")?).await?;
+    let dir = tls_dir()?;
+    let with_client_cert = tls_config(
+        "localhost",
+        &format!(
+            "ssl_cert_file = \"{}\"\nssl_key_file = \"{}\"",
+            dir.join("client.pem").display(),
+            dir.join("client.key").display()
+        ),
+    )?;
+    ping_over(&with_client_cert).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ with the TLS listener: run ./scripts/test"]
+async fn tls_refuses_a_host_name_the_certificate_does_not_name() -> Result<()> {
+    // The broker's certificate names `localhost` only.
+    let error = novarpc::connect(&tls_config("127.0.0.1", "")?)
+        .await
+        .expect_err("host name must be verified");
+    ensure!(
+        matches!(
+            error,
+            Error::Transport {
+                backend: "kombu",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let text = error.to_string();
+    ensure!(
+        text.contains("NotValidForName") || text.contains("not valid for"),
+        "not a host-name failure: {text}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ with the TLS listener: run ./scripts/test"]
+async fn tls_refuses_a_broker_signed_by_an_unknown_ca() -> Result<()> {
+    let _ = tls_dir()?;
+    let config = config(
+        "[DEFAULT]\ntransport_url = \"rabbit://guest:guest@localhost:5671/\"\n\
+         [kombu]\nssl = true\nretry_interval = 0.05\nretry_interval_max = 0.1\nmax_retries = 1\n",
+    )?;
+    let error = novarpc::connect(&config)
+        .await
+        .expect_err("an unknown CA must be refused");
+    ensure!(
+        matches!(
+            error,
+            Error::Transport {
+                backend: "kombu",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let text = error.to_string();
+    ensure!(
+        text.contains("UnknownIssuer") || text.contains("unknown issuer"),
+        "not a CA failure: {text}"
+    );
+    Ok(())
+}
