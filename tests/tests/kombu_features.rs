@@ -32,25 +32,7 @@ async fn fails_over_to_the_next_host_of_the_transport_url() -> Result<()> {
         "[DEFAULT]\ntransport_url = \"rabbit://guest:guest@127.0.0.1:1,guest:guest@127.0.0.1:5672/\"\n\
          [kombu]\nretry_interval = 0.1\nretry_interval_max = 0.2\nmax_retries = 3\n",
     )?;
-    let transport = novarpc::connect(&config)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}; {START_RABBITMQ}"))?;
-    let topic = unique("failover");
-    let server = RpcServer::builder(transport.clone(), Target::new(&topic).server("h1"))
-        .endpoint(Endpoint::new().method("ping", |_ctx, _: Value| async move {
-            Ok::<_, EndpointError>("pong")
-        }))
-        .start()
-        .await?;
-    let pong: String = RpcClient::new(transport.clone(), Target::new(&topic))
-        .call(&Context::new(), "ping", &json!({}))
-        .await?;
-    ensure!(pong == "pong");
-    server.stop().await?;
-    transport.cleanup().await?;
-    kombu_with("")
-        .remove_topology(&[topic.clone(), format!("{topic}.h1")], &[])
-        .await
+    ping_over(&config).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,9 +192,12 @@ fn tls_config(host: &str, extra: &str) -> Result<novarpc::Config> {
     ))
 }
 
+/// Serves and calls `ping` over a transport built from `config`.
 async fn ping_over(config: &novarpc::Config) -> Result<()> {
-    let transport = novarpc::connect(config).await?;
-    let topic = unique("tls");
+    let transport = novarpc::connect(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; {START_RABBITMQ}"))?;
+    let topic = unique("ping");
     let server = RpcServer::builder(transport.clone(), Target::new(&topic).server("h1"))
         .endpoint(Endpoint::new().method("ping", |_ctx, _: Value| async move {
             Ok::<_, EndpointError>("pong")

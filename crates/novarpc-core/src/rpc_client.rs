@@ -313,12 +313,17 @@ impl RpcClient {
         method: &str,
         args: &A,
     ) -> Result<()> {
-        let target = Target {
-            fanout: true,
-            server: None,
+        self.send(&self.retarget(None, true), context, method, args)
+            .await
+    }
+
+    /// The client's target, sent to `server` and/or as a fanout.
+    fn retarget(&self, server: Option<&str>, fanout: bool) -> Target {
+        Target {
+            fanout,
+            server: server.map(str::to_owned),
             ..self.target.clone()
-        };
-        self.send(&target, context, method, args).await
+        }
     }
 
     /// Invokes `method` on the server (host) `server` only.
@@ -329,12 +334,8 @@ impl RpcClient {
         method: &str,
         args: &A,
     ) -> Result<()> {
-        let target = Target {
-            fanout: false,
-            server: Some(server.to_owned()),
-            ..self.target.clone()
-        };
-        self.send(&target, context, method, args).await
+        self.send(&self.retarget(Some(server), false), context, method, args)
+            .await
     }
 
     /// Invokes `method` on every listening process of the server `server`
@@ -346,12 +347,8 @@ impl RpcClient {
         method: &str,
         args: &A,
     ) -> Result<()> {
-        let target = Target {
-            fanout: true,
-            server: Some(server.to_owned()),
-            ..self.target.clone()
-        };
-        self.send(&target, context, method, args).await
+        self.send(&self.retarget(Some(server), true), context, method, args)
+            .await
     }
 
     /// Sends a notification on `notifications.<priority>`, published by

@@ -57,6 +57,24 @@ impl Target {
         self.exchange.as_deref().unwrap_or(control_exchange)
     }
 
+    /// oslo's routing key of a request: `topic`, or `topic.server`.
+    pub fn routing_key(&self) -> String {
+        match &self.server {
+            Some(server) => format!("{}.{server}", self.topic),
+            None => self.topic.clone(),
+        }
+    }
+
+    /// oslo's fanout exchange of the topic: `<topic>_fanout`.
+    pub fn fanout_exchange(&self) -> String {
+        format!("{}_fanout", self.topic)
+    }
+
+    /// oslo's notification routing key (and queue): `<topic>.<priority>`.
+    pub fn notification_key(&self, priority: crate::Priority) -> String {
+        format!("{}.{}", self.topic, priority.routing_name())
+    }
+
     /// Checks that the target can be routed by every backend.
     pub fn validate(&self) -> Result<(), Error> {
         fn check(what: &str, value: &str) -> Result<(), Error> {

@@ -6,6 +6,8 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
+use novarpc_core::Target;
+
 use crate::options::KombuOptions;
 
 /// An exchange to publish to or bind from.
@@ -20,10 +22,6 @@ pub(crate) enum Exchange {
 }
 
 impl Exchange {
-    pub(crate) fn fanout_for(topic: &str) -> Self {
-        Exchange::Fanout(format!("{topic}_fanout"))
-    }
-
     pub(crate) fn name(&self) -> &str {
         match self {
             Exchange::Default => "",
@@ -123,10 +121,11 @@ impl QueueSpec {
     }
 
     /// `<topic>_fanout_<uuid>`, bound to `<topic>_fanout` with key `<topic>`.
-    pub(crate) fn fanout(topic: &str, unique: &str, options: &KombuOptions) -> Self {
+    pub(crate) fn fanout(target: &Target, unique: &str, options: &KombuOptions) -> Self {
+        let exchange = target.fanout_exchange();
         QueueSpec::expiring(
-            format!("{topic}_fanout_{unique}"),
-            vec![(Exchange::fanout_for(topic), topic.to_owned())],
+            format!("{exchange}_{unique}"),
+            vec![(Exchange::Fanout(exchange), target.topic.clone())],
             options,
         )
     }

@@ -289,7 +289,7 @@ impl KombuTransport {
         let name = shared
             .reply_queue
             .get_or_try_init(|| async {
-                let name = format!("reply_{}", uuid_hex());
+                let name = format!("reply_{}", envelope::new_unique_id());
                 let mut consumers = ConsumerSet::start(
                     shared.broker.clone(),
                     shared.options.clone(),
@@ -322,13 +322,13 @@ impl KombuTransport {
             let name = format!("{topic}.{server}");
             queues.push(QueueSpec::shared(&name, exchange, &name, options));
         }
-        queues.push(QueueSpec::fanout(topic, &uuid_hex(), options));
+        queues.push(QueueSpec::fanout(
+            target,
+            &envelope::new_unique_id(),
+            options,
+        ));
         queues
     }
-}
-
-fn uuid_hex() -> String {
-    envelope::new_unique_id()
 }
 
 #[async_trait]
@@ -355,15 +355,11 @@ impl Transport for KombuTransport {
                     operation: "fanout to a server",
                 });
             }
-            (Exchange::fanout_for(&target.topic), String::new())
+            (Exchange::Fanout(target.fanout_exchange()), String::new())
         } else {
-            let key = match &target.server {
-                Some(server) => format!("{}.{server}", target.topic),
-                None => target.topic.clone(),
-            };
             (
                 Exchange::Topic(self.control_exchange(target).to_owned()),
-                key,
+                target.routing_key(),
             )
         };
         let confirm = if self.shared.options.publisher_confirms {
@@ -406,10 +402,7 @@ impl Transport for KombuTransport {
             }),
         );
         let receiver = self.shared.replies.register(msg_id);
-        let routing_key = match &target.server {
-            Some(server) => format!("{}.{server}", target.topic),
-            None => target.topic.clone(),
-        };
+        let routing_key = target.routing_key();
         let exchange = Exchange::Topic(self.control_exchange(target).to_owned());
         let expiration = timeout.as_millis().max(1).to_string();
         let give_up_at = Instant::now() + timeout;
@@ -468,7 +461,7 @@ impl Transport for KombuTransport {
     ) -> Result<()> {
         self.check_open()?;
         let exchange_name = self.control_exchange(target);
-        let key = format!("{}.{}", target.topic, priority.routing_name());
+        let key = target.notification_key(priority);
         // Like oslo's notifier, declare the queue so notifications wait for a listener.
         let queue = QueueSpec::shared(&key, exchange_name, &key, &self.shared.options);
         let confirm = if self.shared.options.publisher_confirms {
@@ -516,7 +509,7 @@ impl Transport for KombuTransport {
         for target in targets {
             let exchange = self.control_exchange(target);
             for priority in priorities {
-                let key = format!("{}.{}", target.topic, priority.routing_name());
+                let key = target.notification_key(*priority);
                 let name = pool.unwrap_or(&key);
                 let spec = QueueSpec::shared(name, exchange, &key, options);
                 match queues.iter_mut().find(|q| q.name == name) {

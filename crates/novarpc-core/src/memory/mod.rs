@@ -161,16 +161,13 @@ impl MemoryTransport {
 
     fn route(&self, target: &Target, body: Bytes) -> bool {
         if target.fanout {
-            let exchange = format!("{}_fanout", target.topic);
+            let exchange = target.fanout_exchange();
             self.broker
                 .publish(&exchange, "", target.server.as_deref(), body)
         } else {
-            let routing_key = match &target.server {
-                Some(server) => format!("{}.{server}", target.topic),
-                None => target.topic.clone(),
-            };
+            let exchange = self.exchange(target);
             self.broker
-                .publish(self.exchange(target), &routing_key, None, body)
+                .publish(exchange, &target.routing_key(), None, body)
         }
     }
 }
@@ -237,7 +234,7 @@ impl Transport for MemoryTransport {
         body: Bytes,
     ) -> Result<()> {
         self.check_open()?;
-        let key = format!("{}.{}", target.topic, priority.routing_name());
+        let key = target.notification_key(priority);
         let exchange = self.exchange(target);
         // Like oslo's notifier, declare the queue so nothing is lost before a
         // listener appears.
@@ -275,7 +272,7 @@ impl Transport for MemoryTransport {
         subscribe(self.broker.declare_owned_queue(
             &fanout,
             QueueKind::Exclusive,
-            &format!("{topic}_fanout"),
+            &target.fanout_exchange(),
             &[""],
             target.server.as_deref(),
         ));
@@ -299,7 +296,7 @@ impl Transport for MemoryTransport {
         for target in targets {
             let exchange = self.exchange(target);
             for priority in priorities {
-                let key = format!("{}.{}", target.topic, priority.routing_name());
+                let key = target.notification_key(*priority);
                 let queue_name = pool.unwrap_or(&key);
                 let queue = self.broker.declare_queue(
                     queue_name,
