@@ -155,18 +155,45 @@ async fn quorum_queues_serve_calls() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs RabbitMQ: run ./scripts/test"]
-async fn connections_are_named_after_process_and_host() -> Result<()> {
-    let backend = kombu_with("processname = \"nova-compute-test\"\nhostname = \"node-7\"");
-    let transport = backend.transport().await?;
-    let names = rabbitmqctl(&["list_connections", "-q", "client_properties"]).await?;
-    ensure!(
-        names.contains("nova-compute-test")
-            && names.contains("node-7")
-            && names.contains("novarpc"),
-        "no named connection in: {names}"
+async fn connections_are_named_and_negotiate_heartbeat_and_prefetch() -> Result<()> {
+    let backend = kombu_with(
+        "processname = \"nova-compute-test\"\nhostname = \"node-7\"\nheartbeat_timeout = 17\nprefetch_count = 23",
     );
+    let transport = backend.transport().await?;
+    let topic = unique("named");
+    let server = RpcServer::builder(transport.clone(), Target::new(&topic).server("h1"))
+        .endpoint(Endpoint::new().method("ping", |_ctx, _: Value| async move {
+            Ok::<_, EndpointError>("pong")
+        }))
+        .start()
+        .await?;
+    let connections =
+        rabbitmqctl(&["list_connections", "-q", "timeout", "client_properties"]).await?;
+    let ours = connections
+        .lines()
+        .find(|l| l.contains("nova-compute-test"))
+        .with_context(|| format!("no named connection in: {connections}"))?;
+    ensure!(
+        ours.contains("node-7") && ours.contains("novarpc"),
+        "{ours}"
+    );
+    ensure!(
+        ours.trim_start().starts_with("17"),
+        "heartbeat not negotiated: {ours}"
+    );
+    let channels =
+        rabbitmqctl(&["list_channels", "-q", "prefetch_count", "consumer_count"]).await?;
+    ensure!(
+        channels
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("23")),
+        "no consumer channel with prefetch 23: {channels}"
+    );
+    server.stop().await?;
     transport.cleanup().await?;
-    Ok(())
+    backend
+        .remove_topology(&[topic.clone(), format!("{topic}.h1")], &[])
+        .await
 }
 
 /// Where `scripts/brokers.sh` put the test CA and client certificate.

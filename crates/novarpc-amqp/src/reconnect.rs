@@ -105,8 +105,9 @@ impl<K: Connector> Reconnector<K> {
         Ok((current.generation, connection))
     }
 
-    /// Marks the connection of `generation` broken, so the next `get` replaces it.
-    pub async fn invalidate(&self, generation: u64) {
+    /// Nova's `reset`: marks the connection of `generation` broken, so the next
+    /// `get` replaces it.
+    pub async fn reset(&self, generation: u64) {
         let mut current = self.current.lock().await;
         if current.generation == generation {
             current.connection = None;

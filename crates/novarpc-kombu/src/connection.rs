@@ -207,7 +207,7 @@ impl Manager for ChannelManager {
         let channel = match connection.create_channel().await {
             Ok(channel) => channel,
             Err(error) => {
-                self.broker.invalidate(generation).await;
+                self.broker.reset(generation).await;
                 return Err(KombuError::Amqp(error));
             }
         };

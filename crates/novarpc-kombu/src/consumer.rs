@@ -38,9 +38,10 @@ pub(crate) struct ConsumerSet {
 }
 
 impl ConsumerSet {
-    /// Declares the queues and starts consuming, so that messages published
-    /// after this returns reach the set.
-    pub(crate) async fn start(
+    /// impl_kombu's `declare_consumer` for a set of queues: declares them and
+    /// starts consuming, so that messages published after this returns reach
+    /// the set.
+    pub(crate) async fn declare_consumers(
         broker: Arc<Broker>,
         options: KombuOptions,
         queues: Vec<QueueSpec>,
@@ -99,7 +100,7 @@ impl ConsumerSet {
             Ok(active) => Ok(active),
             Err(error) => {
                 if !connection.status().connected() {
-                    self.broker.invalidate(generation).await;
+                    self.broker.reset(generation).await;
                 }
                 Err(KombuError::Amqp(error))
             }
@@ -148,7 +149,7 @@ impl ConsumerSet {
                     let generation = active.generation;
                     self.active = None;
                     tracing::warn!(%error, queues = ?self.queue_names(), "consumer failed; reconnecting");
-                    self.broker.invalidate(generation).await;
+                    self.broker.reset(generation).await;
                 }
                 None => {
                     tracing::warn!(queues = ?self.queue_names(), "the broker cancelled a consumer; consuming again");

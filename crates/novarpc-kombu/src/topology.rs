@@ -1,6 +1,6 @@
 //! oslo.messaging's rabbit topology: which exchanges and queues exist for a
-//! target, with the flags and arguments oslo gives them (see
-//! shared/reference/oslo-wire.md in the project's notes).
+//! target, with the flags and arguments oslo gives them. Named after Nova's
+//! `impl_kombu`: topic, fanout and direct consumers.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -71,9 +71,9 @@ pub(crate) struct QueueSpec {
 }
 
 impl QueueSpec {
-    /// A shared queue (`topic`, `topic.server`, `notifications.info`) bound to
-    /// the control exchange with `routing_key`.
-    pub(crate) fn shared(
+    /// impl_kombu's TopicConsumer: a shared queue (`topic`, `topic.server`,
+    /// `notifications.info`) bound to the control exchange with `routing_key`.
+    pub(crate) fn topic_consumer(
         name: &str,
         exchange: &str,
         routing_key: &str,
@@ -120,8 +120,9 @@ impl QueueSpec {
         }
     }
 
-    /// `<topic>_fanout_<uuid>`, bound to `<topic>_fanout` with key `<topic>`.
-    pub(crate) fn fanout(target: &Target, unique: &str, options: &KombuOptions) -> Self {
+    /// impl_kombu's FanoutConsumer: `<topic>_fanout_<uuid>`, bound to
+    /// `<topic>_fanout` with key `<topic>`.
+    pub(crate) fn fanout_consumer(target: &Target, unique: &str, options: &KombuOptions) -> Self {
         let exchange = target.fanout_exchange();
         QueueSpec::expiring(
             format!("{exchange}_{unique}"),
@@ -130,8 +131,8 @@ impl QueueSpec {
         )
     }
 
-    /// `reply_<uuid>`, on the default exchange only.
-    pub(crate) fn reply(name: String, options: &KombuOptions) -> Self {
+    /// impl_kombu's DirectConsumer: `reply_<uuid>`, on the default exchange only.
+    pub(crate) fn direct_consumer(name: String, options: &KombuOptions) -> Self {
         QueueSpec::expiring(name, Vec::new(), options)
     }
 

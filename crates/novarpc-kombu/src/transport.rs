@@ -161,9 +161,10 @@ impl KombuTransport {
         target.exchange_or(&self.shared.common.control_exchange)
     }
 
-    /// Publishes with retries: each failure is logged, a broken channel or
-    /// connection is replaced, and after the configured retries the last error
-    /// is returned.
+    /// The publisher side of impl_kombu (`topic_send`, `fanout_send`,
+    /// `direct_send`, `notify_send`) wrapped in `ensure`: each failure is
+    /// logged, a broken channel or connection is replaced, and after the
+    /// configured retries the last error is returned.
     async fn publish(&self, publish: Publish<'_>) -> std::result::Result<(), KombuError> {
         let Publish {
             exchange,
@@ -290,10 +291,10 @@ impl KombuTransport {
             .reply_queue
             .get_or_try_init(|| async {
                 let name = format!("reply_{}", envelope::new_unique_id());
-                let mut consumers = ConsumerSet::start(
+                let mut consumers = ConsumerSet::declare_consumers(
                     shared.broker.clone(),
                     shared.options.clone(),
-                    vec![QueueSpec::reply(name.clone(), &shared.options)],
+                    vec![QueueSpec::direct_consumer(name.clone(), &shared.options)],
                     true,
                     shared.shutdown.clone(),
                 )
@@ -317,12 +318,12 @@ impl KombuTransport {
         let options = &self.shared.options;
         let exchange = self.control_exchange(target);
         let topic = &target.topic;
-        let mut queues = vec![QueueSpec::shared(topic, exchange, topic, options)];
+        let mut queues = vec![QueueSpec::topic_consumer(topic, exchange, topic, options)];
         if let Some(server) = &target.server {
             let name = format!("{topic}.{server}");
-            queues.push(QueueSpec::shared(&name, exchange, &name, options));
+            queues.push(QueueSpec::topic_consumer(&name, exchange, &name, options));
         }
-        queues.push(QueueSpec::fanout(
+        queues.push(QueueSpec::fanout_consumer(
             target,
             &envelope::new_unique_id(),
             options,
@@ -463,7 +464,7 @@ impl Transport for KombuTransport {
         let exchange_name = self.control_exchange(target);
         let key = target.notification_key(priority);
         // Like oslo's notifier, declare the queue so notifications wait for a listener.
-        let queue = QueueSpec::shared(&key, exchange_name, &key, &self.shared.options);
+        let queue = QueueSpec::topic_consumer(&key, exchange_name, &key, &self.shared.options);
         let confirm = if self.shared.options.publisher_confirms {
             Confirm::Wait
         } else {
@@ -486,7 +487,7 @@ impl Transport for KombuTransport {
 
     async fn listen(&self, target: &Target) -> Result<Box<dyn Listener>> {
         self.check_open()?;
-        let consumers = ConsumerSet::start(
+        let consumers = ConsumerSet::declare_consumers(
             self.shared.broker.clone(),
             self.shared.options.clone(),
             self.listen_spec(target),
@@ -511,14 +512,14 @@ impl Transport for KombuTransport {
             for priority in priorities {
                 let key = target.notification_key(*priority);
                 let name = pool.unwrap_or(&key);
-                let spec = QueueSpec::shared(name, exchange, &key, options);
+                let spec = QueueSpec::topic_consumer(name, exchange, &key, options);
                 match queues.iter_mut().find(|q| q.name == name) {
                     Some(existing) => existing.bindings.extend(spec.bindings),
                     None => queues.push(spec),
                 }
             }
         }
-        let consumers = ConsumerSet::start(
+        let consumers = ConsumerSet::declare_consumers(
             self.shared.broker.clone(),
             options.clone(),
             queues,
