@@ -4,7 +4,7 @@ use serde::Deserialize;
 
 /// The order in which the hosts of a transport URL are tried (oslo's
 /// `kombu_failover_strategy`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FailoverStrategy {
     #[default]

@@ -150,6 +150,24 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
         pool: Option<&str>,
     ) -> Result<Box<dyn Listener>>;
 
+    /// Consumes copies of the requests routed to `target` (its topic, its
+    /// servers and its fanout) without taking them from the servers: for
+    /// operators' taps. Its queues are private and go away with the listener.
+    async fn tap(&self, _target: &Target) -> Result<Box<dyn Listener>> {
+        Err(crate::Error::Unsupported {
+            backend: self.backend(),
+            operation: "tapping a topic",
+        })
+    }
+
+    /// Removes the shared queues of `target` (`topic`, and `topic.server` if
+    /// it names a server), whose servers must be stopped: shared queues outlive
+    /// their servers by design, so tools that make throw-away targets (health
+    /// checks) remove them.
+    async fn delete_target(&self, _target: &Target) -> Result<()> {
+        Ok(())
+    }
+
     /// Closes connections and releases broker resources (reply queue, ...).
     /// Waiting callers fail with [`crate::Error::Closed`].
     async fn cleanup(&self) -> Result<()>;
@@ -174,6 +192,9 @@ pub struct DriverDescriptor {
     pub capabilities: Capabilities,
     /// Parses and checks the driver's options; does no I/O.
     pub validate: fn(&Config) -> std::result::Result<(), ConfigError>,
+    /// The driver's options with defaults filled in, as TOML, for operators
+    /// (`novarpc check-config`). Holds no secrets.
+    pub resolved_options: fn(&Config) -> std::result::Result<String, ConfigError>,
     pub connect: ConnectFn,
 }
 

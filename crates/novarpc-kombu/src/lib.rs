@@ -42,6 +42,10 @@ pub const DESCRIPTOR: DriverDescriptor = DriverDescriptor {
     config_section: "kombu",
     capabilities: CAPABILITIES,
     validate: |config| KombuOptions::from_config(config).map(|_| ()),
+    resolved_options: |config| {
+        let options = KombuOptions::from_config(config)?;
+        Ok(toml::to_string(&options).unwrap_or_default())
+    },
     connect: |config| {
         Box::pin(async move {
             let transport: Arc<dyn Transport> = Arc::new(KombuTransport::connect(&config).await?);

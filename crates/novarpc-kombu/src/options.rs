@@ -3,11 +3,11 @@ use std::time::Duration;
 
 use novarpc_amqp::{FailoverStrategy, RetryPolicy};
 use novarpc_core::{Config, ConfigError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Options of the `[kombu]` table. oslo.messaging's names
 /// (`[oslo_messaging_rabbit]`) are accepted as aliases.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KombuOptions {
     /// Consumer prefetch (QoS); 0 means unlimited.

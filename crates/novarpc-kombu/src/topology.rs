@@ -64,6 +64,8 @@ pub(crate) struct QueueSpec {
     pub(crate) name: String,
     pub(crate) durable: bool,
     pub(crate) auto_delete: bool,
+    /// Only the declaring connection may use it (operators' taps).
+    pub(crate) exclusive: bool,
     pub(crate) arguments: FieldTable,
     pub(crate) bindings: Vec<(Exchange, String)>,
     /// Deleted when its listener stops (per-process fanout and reply queues).
@@ -98,6 +100,7 @@ impl QueueSpec {
             name: name.to_owned(),
             durable,
             auto_delete: options.auto_delete,
+            exclusive: false,
             arguments,
             bindings: vec![(Exchange::Topic(exchange.to_owned()), routing_key.to_owned())],
             transient: false,
@@ -114,6 +117,7 @@ impl QueueSpec {
             name,
             durable: false,
             auto_delete: false,
+            exclusive: false,
             arguments,
             bindings,
             transient: true,
@@ -136,6 +140,32 @@ impl QueueSpec {
         QueueSpec::expiring(name, Vec::new(), options)
     }
 
+    /// A private copy of everything routed to `target`: bound to `topic` and
+    /// `topic.*` (or `topic.server`), and to the topic's fanout exchange.
+    pub(crate) fn tap(target: &Target, exchange: &str, unique: &str) -> Self {
+        let topic_exchange = Exchange::Topic(exchange.to_owned());
+        let mut bindings = match &target.server {
+            Some(_) => vec![(topic_exchange, target.routing_key())],
+            None => vec![
+                (topic_exchange.clone(), target.topic.clone()),
+                (topic_exchange, format!("{}.*", target.topic)),
+            ],
+        };
+        bindings.push((
+            Exchange::Fanout(target.fanout_exchange()),
+            target.topic.clone(),
+        ));
+        QueueSpec {
+            name: format!("novarpc_tap_{unique}"),
+            durable: false,
+            auto_delete: true,
+            exclusive: true,
+            arguments: FieldTable::default(),
+            bindings,
+            transient: true,
+        }
+    }
+
     pub(crate) async fn declare(
         &self,
         channel: &Channel,
@@ -147,6 +177,7 @@ impl QueueSpec {
                 QueueDeclareOptions {
                     durable: self.durable,
                     auto_delete: self.auto_delete,
+                    exclusive: self.exclusive,
                     ..QueueDeclareOptions::default()
                 },
                 self.arguments.clone(),

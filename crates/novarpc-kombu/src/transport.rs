@@ -530,6 +530,46 @@ impl Transport for KombuTransport {
         Ok(Box::new(KombuListener { consumers }))
     }
 
+    async fn tap(&self, target: &Target) -> Result<Box<dyn Listener>> {
+        self.check_open()?;
+        let exchange = self.control_exchange(target);
+        let queue = QueueSpec::tap(target, exchange, &envelope::new_unique_id());
+        let consumers = ConsumerSet::declare_consumers(
+            self.shared.broker.clone(),
+            self.shared.options.clone(),
+            vec![queue],
+            false,
+            self.shared.shutdown.child_token(),
+        )
+        .await?;
+        Ok(Box::new(KombuListener { consumers }))
+    }
+
+    async fn delete_target(&self, target: &Target) -> Result<()> {
+        self.check_open()?;
+        let channel = self
+            .shared
+            .publishers
+            .get()
+            .await
+            .map_err(KombuError::from_pool)?;
+        let mut names = vec![target.topic.clone()];
+        if target.server.is_some() {
+            names.push(target.routing_key());
+        }
+        for name in names {
+            channel
+                .channel
+                .queue_delete(
+                    name.as_str().into(),
+                    lapin::options::QueueDeleteOptions::default(),
+                )
+                .await
+                .map_err(KombuError::Amqp)?;
+        }
+        Ok(())
+    }
+
     async fn cleanup(&self) -> Result<()> {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return Ok(());

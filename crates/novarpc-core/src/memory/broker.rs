@@ -179,6 +179,13 @@ impl Broker {
         bindings.retain(|_, exchange| !exchange.is_empty());
     }
 
+    pub(super) fn delete_queue_named(&self, name: &str) {
+        let queue = self.queues.lock().get(name).cloned();
+        if let Some(queue) = queue {
+            self.delete_queue(&queue);
+        }
+    }
+
     pub(super) fn queue_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.queues.lock().keys().cloned().collect();
         names.extend(self.reply_queues.read().keys().cloned());

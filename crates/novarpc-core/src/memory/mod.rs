@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::sync::OnceLock as OnceCell;
 use tokio::sync::mpsc;
 
@@ -48,6 +48,10 @@ pub const DESCRIPTOR: DriverDescriptor = DriverDescriptor {
     config_section: "memory",
     capabilities: CAPABILITIES,
     validate: |config| config.section::<MemoryOptions>("memory").map(|_| ()),
+    resolved_options: |config| {
+        let options: MemoryOptions = config.section("memory")?;
+        Ok(toml::to_string(&options).unwrap_or_default())
+    },
     connect: |config| {
         Box::pin(async move {
             let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::from_config(&config)?);
@@ -57,7 +61,7 @@ pub const DESCRIPTOR: DriverDescriptor = DriverDescriptor {
 };
 
 /// Options of the `[memory]` table.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryOptions {
     /// Transports naming the same broker share it (within one process); without
@@ -317,6 +321,42 @@ impl Transport for MemoryTransport {
             subscriptions,
             stopped: false,
         }))
+    }
+
+    async fn tap(&self, target: &Target) -> Result<Box<dyn Listener>> {
+        self.check_open()?;
+        let exchange = self.exchange(target);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let name = format!("novarpc_tap_{}", crate::new_uuid_hex());
+        let mut keys = vec![target.topic.clone()];
+        if target.server.is_some() {
+            keys.push(target.routing_key());
+        }
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let queue = self
+            .broker
+            .declare_queue(&name, QueueKind::Exclusive, exchange, &keys);
+        self.broker.declare_queue(
+            &name,
+            QueueKind::Exclusive,
+            &target.fanout_exchange(),
+            &[""],
+        );
+        let consumer = queue.add_consumer(tx, 0);
+        Ok(Box::new(MemoryListener {
+            broker: self.broker.clone(),
+            rx,
+            subscriptions: vec![(queue, consumer)],
+            stopped: false,
+        }))
+    }
+
+    async fn delete_target(&self, target: &Target) -> Result<()> {
+        self.broker.delete_queue_named(&target.topic);
+        if target.server.is_some() {
+            self.broker.delete_queue_named(&target.routing_key());
+        }
+        Ok(())
     }
 
     async fn cleanup(&self) -> Result<()> {
