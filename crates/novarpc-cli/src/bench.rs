@@ -281,22 +281,19 @@ pub async fn run(config: &novarpc::Config, options: &BenchOptions) -> Result<Rep
     let bar = progress_bar(options, "novarpc", progress.clone());
     let started = Instant::now();
     let mode = options.mode;
+    // One shared bundle: cloning a client, a notifier and the payload for
+    // every operation would be measured as part of the call.
+    let shared = Arc::new((client, notifier, Payload { payload }));
     let figure = drive(options.concurrency, options.budget, progress, move |_| {
-        let client = client.clone();
-        let notifier = notifier.clone();
-        let args = Payload {
-            payload: payload.clone(),
-        };
+        let shared = shared.clone();
         async move {
+            let (client, notifier, args) = &*shared;
             let ctx = Context::new();
             let result = match mode {
-                Mode::Call => client
-                    .call::<String, _>(&ctx, "echo", &args)
-                    .await
-                    .map(drop),
-                Mode::Cast => client.cast(&ctx, "sink", &args).await,
-                Mode::Fanout => client.fanout_cast(&ctx, "sink", &args).await,
-                Mode::Notify => notifier.info(&ctx, "bench.event", &args).await,
+                Mode::Call => client.call::<String, _>(&ctx, "echo", args).await.map(drop),
+                Mode::Cast => client.cast(&ctx, "sink", args).await,
+                Mode::Fanout => client.fanout_cast(&ctx, "sink", args).await,
+                Mode::Notify => notifier.info(&ctx, "bench.event", args).await,
             };
             if let Err(error) = &result {
                 tracing::debug!(%error, "a bench operation failed");
