@@ -100,6 +100,8 @@ pub struct Report {
     /// novarpc's p50 latency over raw's.
     pub p50_ratio: Option<f64>,
     pub peak_rss_mb: f64,
+    /// Peak RSS minus RSS just before the load started (after connecting and
+    /// starting servers): what the operations in flight cost.
     pub rss_growth_mb: f64,
 }
 
@@ -248,7 +250,6 @@ pub async fn serve(transport: Arc<dyn Transport>, options: &BenchOptions) -> Res
 
 /// Runs the benchmark: raw baseline first (if asked), then novarpc.
 pub async fn run(config: &novarpc::Config, options: &BenchOptions) -> Result<Report> {
-    let (rss_before, _) = memory_mb();
     let client_transport = novarpc::connect(config).await?;
     let backend = client_transport.backend().to_owned();
     // The memory backend only reaches itself; brokers get a connection per side.
@@ -279,6 +280,7 @@ pub async fn run(config: &novarpc::Config, options: &BenchOptions) -> Result<Rep
     }
     let progress = Arc::new(AtomicU64::new(0));
     let bar = progress_bar(options, "novarpc", progress.clone());
+    let (rss_before, _) = memory_mb();
     let started = Instant::now();
     let mode = options.mode;
     // One shared bundle: cloning a client, a notifier and the payload for

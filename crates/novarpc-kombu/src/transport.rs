@@ -32,7 +32,13 @@ struct Shared {
     common: CommonOptions,
     options: KombuOptions,
     broker: Arc<Broker>,
+    /// Channels in confirm mode, for publishes that wait for the broker.
     publishers: Pool<ChannelManager>,
+    unconfirmed_publishers: Pool<ChannelManager>,
+    /// Publishes under way. A burst of thousands of sends waits here as small
+    /// futures, before encoding, instead of as encoded messages and retry
+    /// state held for each.
+    publish_slots: tokio::sync::Semaphore,
     /// Exchanges and notification queues declared on the current connection.
     declared: Mutex<Declared>,
     reply_queue: OnceCell<String>,
@@ -114,16 +120,28 @@ impl KombuTransport {
         let publishers = pool::build(
             ChannelManager {
                 broker: broker.clone(),
-                confirms: options.publisher_confirms,
+                confirms: options.publisher_confirms || options.mandatory_replies,
+            },
+            options.channel_pool_size,
+        );
+        // Calls (and unconfirmed casts) go out on channels without confirm
+        // mode: nothing waits for those confirms, and each would cost a
+        // pending promise here and an ack from the broker.
+        let unconfirmed_publishers = pool::build(
+            ChannelManager {
+                broker: broker.clone(),
+                confirms: false,
             },
             options.channel_pool_size,
         );
         Ok(KombuTransport {
             shared: Arc::new(Shared {
                 common,
+                publish_slots: tokio::sync::Semaphore::new(options.channel_pool_size * 32),
                 options,
                 broker,
                 publishers,
+                unconfirmed_publishers,
                 declared: Mutex::new(Declared {
                     generation: 0,
                     names: HashSet::new(),
@@ -147,6 +165,14 @@ impl KombuTransport {
             .await
             .map_err(|e| Error::from(e.last_error))?;
         Ok(transport)
+    }
+
+    async fn publish_slot(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.shared
+            .publish_slots
+            .acquire()
+            .await
+            .expect("the publish semaphore is never closed")
     }
 
     fn check_open(&self) -> Result<()> {
@@ -183,7 +209,11 @@ impl KombuTransport {
             |_| {
                 let properties = properties.clone();
                 async move {
-                    let channel = shared.publishers.get().await.map_err(KombuError::from_pool)?;
+                    let pool = match confirm {
+                        Confirm::Wait => &shared.publishers,
+                        Confirm::Skip => &shared.unconfirmed_publishers,
+                    };
+                    let channel = pool.get().await.map_err(KombuError::from_pool)?;
                     let published = async {
                         self.declare_for_publish(&channel, exchange, declare_queue).await?;
                         channel
@@ -286,6 +316,15 @@ impl KombuTransport {
 
     /// The per-process reply queue, declared and consumed on first use.
     async fn reply_queue(&self) -> Result<&str> {
+        // Every call comes here: keep the common case out of the (large)
+        // future that declares the queue.
+        match self.shared.reply_queue.get() {
+            Some(name) => Ok(name),
+            None => Box::pin(self.declare_reply_queue()).await,
+        }
+    }
+
+    async fn declare_reply_queue(&self) -> Result<&str> {
         let shared = &self.shared;
         let name = shared
             .reply_queue
@@ -348,6 +387,7 @@ impl Transport for KombuTransport {
 
     async fn send(&self, target: &Target, request: &Request<'_>) -> Result<()> {
         self.check_open()?;
+        let _slot = self.publish_slot().await;
         let body = envelope::encode_request(request, None);
         let (exchange, routing_key) = if target.fanout {
             if target.server.is_some() {
@@ -371,7 +411,7 @@ impl Transport for KombuTransport {
         // Returns are only reported with confirms on.
         let mandatory =
             !target.fanout && self.shared.options.mandatory_casts && confirm == Confirm::Wait;
-        self.publish(Publish {
+        Box::pin(self.publish(Publish {
             exchange: &exchange,
             mandatory,
             routing_key: &routing_key,
@@ -381,7 +421,7 @@ impl Transport for KombuTransport {
             confirm,
             policy: self.cast_policy(),
             give_up_at: None,
-        })
+        }))
         .await
         .map_err(Error::from)
     }
@@ -393,6 +433,7 @@ impl Transport for KombuTransport {
         timeout: Duration,
     ) -> Result<ReplyReceiver> {
         self.check_open()?;
+        let _slot = self.publish_slot().await;
         let reply_q = self.reply_queue().await?;
         let msg_id = envelope::new_unique_id();
         let body = envelope::encode_request(
@@ -407,7 +448,7 @@ impl Transport for KombuTransport {
         let exchange = Exchange::Topic(self.control_exchange(target).to_owned());
         let expiration = timeout.as_millis().max(1).to_string();
         let give_up_at = Instant::now() + timeout;
-        self.publish(Publish {
+        Box::pin(self.publish(Publish {
             exchange: &exchange,
             routing_key: &routing_key,
             body: &body,
@@ -417,7 +458,7 @@ impl Transport for KombuTransport {
             confirm: Confirm::Skip,
             policy: self.cast_policy(),
             give_up_at: Some(give_up_at),
-        })
+        }))
         .await
         .map_err(Error::from)?;
         Ok(receiver)
@@ -425,6 +466,7 @@ impl Transport for KombuTransport {
 
     async fn send_reply(&self, reply_q: &str, body: Bytes) -> Result<()> {
         self.check_open()?;
+        let _slot = self.publish_slot().await;
         let timeout = Duration::from_secs_f64(self.shared.options.missing_consumer_retry_timeout);
         // A missing reply queue may come back (its caller reconnecting): keep
         // trying for `missing_consumer_retry_timeout`, as oslo does.
@@ -439,7 +481,7 @@ impl Transport for KombuTransport {
             } else {
                 Confirm::Skip
             };
-        self.publish(Publish {
+        Box::pin(self.publish(Publish {
             exchange: &Exchange::Default,
             mandatory: self.shared.options.mandatory_replies && confirm == Confirm::Wait,
             routing_key: reply_q,
@@ -449,7 +491,7 @@ impl Transport for KombuTransport {
             confirm,
             policy,
             give_up_at: Some(Instant::now() + timeout),
-        })
+        }))
         .await
         .map_err(Error::from)
     }
@@ -461,6 +503,7 @@ impl Transport for KombuTransport {
         body: Bytes,
     ) -> Result<()> {
         self.check_open()?;
+        let _slot = self.publish_slot().await;
         let exchange_name = self.control_exchange(target);
         let key = target.notification_key(priority);
         // Like oslo's notifier, declare the queue so notifications wait for a listener.
@@ -470,7 +513,7 @@ impl Transport for KombuTransport {
         } else {
             Confirm::Skip
         };
-        self.publish(Publish {
+        Box::pin(self.publish(Publish {
             exchange: &Exchange::Topic(exchange_name.to_owned()),
             mandatory: false,
             routing_key: &key,
@@ -480,7 +523,7 @@ impl Transport for KombuTransport {
             confirm,
             policy: self.cast_policy(),
             give_up_at: None,
-        })
+        }))
         .await
         .map_err(Error::from)
     }
@@ -589,6 +632,7 @@ impl Transport for KombuTransport {
             }
         }
         self.shared.publishers.close();
+        self.shared.unconfirmed_publishers.close();
         Ok(())
     }
 }

@@ -1,0 +1,83 @@
+"""Renders BENCHMARKS.md from the JSON reports scripts/bench-report collects."""
+import json, os, platform, subprocess, sys, datetime
+out = sys.argv[1]
+def load(name):
+    with open(os.path.join(out, name + ".json")) as f:
+        return json.load(f)
+def cmd(name):
+    with open(os.path.join(out, name + ".cmd")) as f:
+        return f.read().strip()
+def sh(c):
+    try:
+        return subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip()
+    except Exception:
+        return "?"
+cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
+print("# Benchmarks\n")
+print("Written by `scripts/bench-report` from one run of `novarpc bench` (release build).")
+print("Throughput is operations per second; for casts, fanout and notifications it is")
+print("what the servers received per second, end to end. Latencies are client-side.")
+print("Ratios are novarpc / raw client, measured in the same run.\n")
+print(f"- date: {datetime.datetime.utcnow().strftime('%Y-%m-%d %H:%M UTC')}")
+mem_gib = sh("free -g | awk '/Mem:/ {print $2}'")
+print(f"- machine: {sh('nproc')} cores ({cpu}), {mem_gib} GiB, {platform.system()} {platform.release()}")
+print(f"- broker: RabbitMQ {sh('rabbitmqctl -q version')} on 127.0.0.1 (same machine, shares the cores)")
+print(f"- toolchain: {sh('rustc --version')}")
+print()
+def ms(us): return f"{us/1000:.2f} ms"
+def row(label, name):
+    r = load(name)
+    n = r["novarpc"]
+    thr = n["delivered_rate"] if n["delivered_rate"] is not None else n["rate"]
+    raw = r.get("raw")
+    if raw:
+        rthr = raw["delivered_rate"] if raw["delivered_rate"] is not None else raw["rate"]
+        rawcol = f"{rthr:,.0f}"
+        ratio = f"{r['ratio']:.2f}"
+        p50 = f"{ms(n['p50_us'])} ({r['p50_ratio']:.2f}x)"
+    else:
+        rawcol, ratio, p50 = "—", "—", ms(n["p50_us"])
+    print(f"| {label} | {thr:,.0f} | {rawcol} | {ratio} | {p50} | {ms(n['p99_us'])} | {ms(n['p999_us'])} | {n['errors']} |")
+header = "| workload | novarpc /s | raw /s | ratio | p50 (vs raw) | p99 | p99.9 | errors |\n|---|---|---|---|---|---|---|---|"
+print("## memory backend (raw: tokio mpsc + oneshot)\n")
+print(header)
+for n in (1, 16, 64, 128):
+    row(f"call, {n} in flight", f"memory-call-{n}")
+row("cast, 64 in flight", "memory-cast")
+row("fanout to 3 servers, 64 in flight", "memory-fanout")
+print()
+print("## kombu backend on RabbitMQ (raw: lapin, hand-written RPC / publishes)\n")
+print(header)
+for n in (1, 16, 128):
+    row(f"call, {n} in flight", f"kombu-call-{n}")
+row("cast with confirms, 64 in flight", "kombu-cast-confirms")
+row("cast without confirms, 64 in flight", "kombu-cast-noconfirms")
+row("fanout to 3 servers, 64 in flight", "kombu-fanout")
+print()
+print("## qpid backend (AMQP 1.0)\n")
+print("Not measured: the qpid driver does not exist yet (its own issue).\n")
+print("## 10,000 calls in flight from one client\n")
+print("| backend | calls | errors | calls/s | p99 | client RSS growth | peak RSS |")
+print("|---|---|---|---|---|---|---|")
+for label, name in (("memory (client and server in one process)", "memory-10k"), ("kombu (server in another process)", "kombu-10k")):
+    r = load(name); n = r["novarpc"]
+    print(f"| {label} | {n['operations']:,} | {n['errors']} | {n['rate']:,.0f} | {ms(n['p99_us'])} | {r['rss_growth_mb']:.1f} MB | {r['peak_rss_mb']:.1f} MB |")
+print()
+print("## Targets\n")
+k16, k128 = load("kombu-call-16"), load("kombu-call-128")
+kc, kn, k1 = load("kombu-cast-confirms"), load("kombu-cast-noconfirms"), load("kombu-call-1")
+m64, k10k = load("memory-call-64"), load("kombu-10k")
+def check(ok): return "met" if ok else "**missed**"
+print(f"- kombu call throughput ≥ 0.9× raw at 16 / 128 in flight: {k16['ratio']:.2f} / {k128['ratio']:.2f} — {check(k16['ratio'] >= 0.9 and k128['ratio'] >= 0.9)}")
+print(f"- kombu cast throughput ≥ 0.9× raw (with / without confirms): {kc['ratio']:.2f} / {kn['ratio']:.2f} — {check(kc['ratio'] >= 0.9 and kn['ratio'] >= 0.9)}")
+print(f"- kombu sequential call p50 ≤ 1.15× raw: {k1['p50_ratio']:.2f} — {check(k1['p50_ratio'] <= 1.15)}")
+print(f"- memory ≥ 300k calls/s with 64 in flight: {m64['novarpc']['rate']:,.0f} — {check(m64['novarpc']['rate'] >= 300000)}")
+print(f"- 10,000 calls in flight, all complete, client RSS growth < 20 MB: {k10k['novarpc']['errors']} errors, {k10k['rss_growth_mb']:.1f} MB — {check(k10k['novarpc']['errors'] == 0 and k10k['rss_growth_mb'] < 20)}")
+print("- qpid targets: not measured (no driver yet)")
+print()
+print("Figures on this 2-core machine drift ±15 % between runs; RabbitMQ shares the cores.\n")
+print("## Commands\n")
+print("```sh")
+for name in sorted(f[:-5] for f in os.listdir(out) if f.endswith(".json")):
+    print(cmd(name))
+print("```")
