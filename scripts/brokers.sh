@@ -109,3 +109,22 @@ CONF
     fi
     echo "RabbitMQ TLS is up on 127.0.0.1:5671 (CA in $dir)"
 }
+
+# RabbitMQ's AMQP 1.0 plugin (on port 5672 beside 0-9-1), for the qpid driver.
+ensure_rabbitmq_amqp1() {
+    if ! rabbitmq-plugins -q is_enabled rabbitmq_amqp1_0 >/dev/null 2>&1; then
+        echo "enabling rabbitmq_amqp1_0"
+        rabbitmq-plugins -q enable rabbitmq_amqp1_0 >/dev/null || return 1
+    fi
+    echo "RabbitMQ's AMQP 1.0 plugin is enabled"
+}
+
+# python-qpid-proton (PyPI) in the interop venv: the independent AMQP 1.0
+# client of the qpid interop test.
+ensure_proton() {
+    if ! "$NOVARPC_VENV/bin/python" -c "import proton" >/dev/null 2>&1; then
+        echo "installing python-qpid-proton 0.40.0 into $NOVARPC_VENV"
+        "$NOVARPC_VENV/bin/pip" install -q --disable-pip-version-check "python-qpid-proton==0.40.0" || return 1
+    fi
+    echo "python-qpid-proton $("$NOVARPC_VENV/bin/python" -c 'import proton; print(proton.VERSION)' 2>/dev/null | tr -d '(),' | tr ' ' '.') in $NOVARPC_VENV"
+}

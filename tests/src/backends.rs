@@ -167,3 +167,123 @@ impl Backend for KombuBackend {
         std::time::Duration::from_millis(300)
     }
 }
+
+/// How to get the AMQP 1.0 plugin, for failure messages.
+pub const START_AMQP1: &str = "enable RabbitMQ's AMQP 1.0 plugin with \
+     `rabbitmq-plugins enable rabbitmq_amqp1_0` (./scripts/test does it), or point \
+     NOVARPC_TEST_AMQP1_URL at an AMQP 1.0 broker";
+
+/// The broker the qpid tests use: `NOVARPC_TEST_AMQP1_URL`, by default the
+/// local RabbitMQ's AMQP 1.0 plugin.
+pub fn amqp1_url() -> String {
+    std::env::var("NOVARPC_TEST_AMQP1_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/".to_owned())
+}
+
+/// The qpid driver against a real AMQP 1.0 broker (RabbitMQ's plugin).
+pub struct QpidBackend {
+    config: novarpc::Config,
+}
+
+pub fn qpid() -> QpidBackend {
+    qpid_with("retry_interval = 0.2\nretry_interval_max = 1\nmax_retries = 2")
+}
+
+/// The qpid backend with these `[qpid]` options (TOML lines).
+pub fn qpid_with(qpid_options: &str) -> QpidBackend {
+    let text = format!(
+        "[DEFAULT]\nrpc_backend = \"qpid\"\ntransport_url = \"{}\"\nrpc_response_timeout = 10\n\n[qpid]\n{qpid_options}\n",
+        amqp1_url()
+    );
+    let config = novarpc::Config::from_toml_str(&text, "<conformance qpid>").expect("valid config");
+    QpidBackend { config }
+}
+
+impl QpidBackend {
+    pub fn config(&self) -> &novarpc::Config {
+        &self.config
+    }
+}
+
+/// Sends one message with a raw fe2o3-amqp client to `address`, waiting for
+/// the broker's `accepted`.
+pub async fn raw_amqp1_send(address: &str, body: &[u8]) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use fe2o3_amqp::types::messaging::{Data, Message, Outcome};
+    let stream = tokio::net::TcpStream::connect("127.0.0.1:5672")
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the AMQP 1.0 broker: {e}; {START_AMQP1}"))?;
+    stream.set_nodelay(true)?;
+    let mut connection = fe2o3_amqp::Connection::builder()
+        .container_id(crate::unique("raw"))
+        .sasl_profile(fe2o3_amqp::sasl_profile::SaslProfile::Plain {
+            username: "guest".into(),
+            password: "guest".into(),
+        })
+        .open_with_stream(stream)
+        .await
+        .map_err(|e| anyhow::anyhow!("AMQP 1.0 open failed: {e}; {START_AMQP1}"))?;
+    let mut session = fe2o3_amqp::Session::begin(&mut connection).await?;
+    let mut sender =
+        fe2o3_amqp::Sender::attach(&mut session, crate::unique("raw-sender"), address).await?;
+    let message = Message::builder().data(Data(body.to_vec().into())).build();
+    let outcome = sender.send(message).await?;
+    anyhow::ensure!(
+        matches!(outcome, Outcome::Accepted(_)),
+        "the broker did not accept the raw message: {outcome:?}"
+    );
+    // RabbitMQ 3's plugin answers a sender's closing detach in a way
+    // fe2o3-amqp reports as an illegal state; the message is already accepted.
+    let _ = sender.close().await;
+    let _ = session.end().await;
+    connection
+        .close()
+        .await
+        .context("closing the raw connection")?;
+    Ok(())
+}
+
+#[async_trait]
+impl Backend for QpidBackend {
+    fn name(&self) -> &'static str {
+        "qpid"
+    }
+
+    async fn transport(&self) -> anyhow::Result<Arc<dyn Transport>> {
+        novarpc::connect(&self.config)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}; {START_AMQP1}"))
+    }
+
+    async fn publish_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+    ) -> anyhow::Result<()> {
+        raw_amqp1_send(&format!("/queue/{exchange}.{routing_key}"), body).await
+    }
+
+    /// AMQP 1.0 cannot delete queues on RabbitMQ 3: the test broker's 0-9-1
+    /// side removes the shared queues (named `<exchange>.<queue>`).
+    async fn remove_topology(&self, queues: &[String], exchanges: &[String]) -> anyhow::Result<()> {
+        let connection = raw_rabbit().await?;
+        let channel = connection.create_channel().await?;
+        for exchange in exchanges {
+            for queue in queues {
+                channel
+                    .queue_delete(
+                        format!("{exchange}.{queue}").as_str().into(),
+                        lapin::options::QueueDeleteOptions::default(),
+                    )
+                    .await?;
+            }
+        }
+        connection.close(200, "done".into()).await?;
+        Ok(())
+    }
+
+    fn settle_time(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(300)
+    }
+}

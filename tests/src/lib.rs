@@ -4,6 +4,7 @@
 //! A backend's test file is one line: `conformance_suite!(backends::memory());`.
 
 pub mod backends;
+pub mod faults;
 pub mod python;
 pub mod suite;
 

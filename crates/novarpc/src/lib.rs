@@ -28,6 +28,9 @@ pub use registry::Registry;
 /// The kombu-like AMQP 0-9-1 driver (feature `kombu`).
 #[cfg(feature = "kombu")]
 pub use novarpc_kombu as kombu;
+/// The qpid-like AMQP 1.0 driver (feature `qpid`).
+#[cfg(feature = "qpid")]
+pub use novarpc_qpid as qpid;
 /// Re-exported so services can build arguments with `novarpc::serde_json::json!`.
 pub use serde_json;
 

@@ -22,6 +22,8 @@ impl Registry {
         let mut drivers = vec![novarpc_core::memory::DESCRIPTOR];
         #[cfg(feature = "kombu")]
         drivers.push(novarpc_kombu::DESCRIPTOR);
+        #[cfg(feature = "qpid")]
+        drivers.push(novarpc_qpid::DESCRIPTOR);
         Registry { drivers }
     }
 

@@ -1,0 +1,483 @@
+//! Connections: a connector for `Reconnector` (TCP with TCP_NODELAY, optional
+//! TLS, SASL, one broker host at a time) and the per-connection cache of
+//! sender links.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use fe2o3_amqp::connection::ConnectionHandle;
+use fe2o3_amqp::sasl_profile::SaslProfile;
+use fe2o3_amqp::session::SessionHandle;
+use fe2o3_amqp::types::messaging::{Target, TerminusDurability};
+use fe2o3_amqp::types::primitives::Symbol;
+use fe2o3_amqp::{Connection, Sender, Session};
+use novarpc_amqp::{Connector, Reconnector};
+use novarpc_core::{ConfigError, Password, TransportUrl};
+use tokio::net::TcpStream;
+
+use crate::addressing::Node;
+use crate::options::{QpidOptions, SaslMechanism};
+use crate::QpidError;
+
+/// One broker of the transport URL.
+#[derive(Clone)]
+pub(crate) struct BrokerHost {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) username: String,
+    pub(crate) password: Password,
+    pub(crate) vhost: Option<String>,
+    pub(crate) tls: bool,
+}
+
+impl fmt::Debug for BrokerHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl BrokerHost {
+    fn describe(&self) -> String {
+        format!(
+            "{}://{}@{}:{}",
+            if self.tls { "amqps" } else { "amqp" },
+            self.username,
+            self.host,
+            self.port
+        )
+    }
+}
+
+/// The brokers to use: the transport URL's hosts, or the local broker.
+pub(crate) fn broker_hosts(url: Option<&TransportUrl>, options: &QpidOptions) -> Vec<BrokerHost> {
+    let tls = options.ssl
+        || url.is_some_and(|u| u.scheme == "amqps")
+        || url
+            .and_then(|u| u.query_value("ssl"))
+            .is_some_and(|v| v == "1" || v == "true");
+    let default_port = if tls { 5671 } else { 5672 };
+    let vhost = url
+        .and_then(|u| u.virtual_host.clone())
+        .filter(|v| !v.is_empty() && v != "/");
+    let make =
+        |host: &str, port: Option<u16>, user: Option<&str>, password: Option<&str>| BrokerHost {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port: port.unwrap_or(default_port),
+            username: user.unwrap_or("guest").to_owned(),
+            password: Password::new(password.unwrap_or("guest")),
+            vhost: vhost.clone(),
+            tls,
+        };
+    match url {
+        Some(url) if !url.hosts.is_empty() => url
+            .hosts
+            .iter()
+            .map(|h| {
+                make(
+                    &h.hostname,
+                    h.port,
+                    h.username.as_deref(),
+                    h.password.as_ref().map(|p| p.expose()),
+                )
+            })
+            .collect(),
+        _ => vec![make("127.0.0.1", None, None, None)],
+    }
+}
+
+/// TLS settings read from the files the options name (at connect time:
+/// building the configuration does no I/O).
+fn tls_connector(options: &QpidOptions) -> Result<tokio_rustls::TlsConnector, QpidError> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|cause| {
+            QpidError::Tls(
+                ConfigError::Read {
+                    path: path.to_owned(),
+                    cause,
+                }
+                .to_string(),
+            )
+        })
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match &options.ssl_ca_file {
+        Some(path) => {
+            for cert in CertificateDer::pem_slice_iter(&read(path)?) {
+                let cert = cert.map_err(|e| QpidError::Tls(format!("{}: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| QpidError::Tls(format!("{}: {e}", path.display())))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| QpidError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match (&options.ssl_cert_file, &options.ssl_key_file) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_slice_iter(&read(cert)?)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| QpidError::Tls(format!("{}: {e}", cert.display())))?;
+            let key = PrivateKeyDer::from_pem_slice(&read(key)?)
+                .map_err(|e| QpidError::Tls(format!("{}: {e}", key.display())))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| QpidError::Tls(e.to_string()))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// A live AMQP 1.0 connection: the session senders share, and their links.
+pub(crate) struct AmqpConnection {
+    connection: tokio::sync::Mutex<ConnectionHandle<()>>,
+    session: tokio::sync::Mutex<SessionHandle<()>>,
+    senders: parking_lot::Mutex<SenderCache>,
+    broken: AtomicBool,
+    durable_queues: bool,
+    pub(crate) description: String,
+}
+
+pub(crate) type SharedSender = Arc<tokio::sync::Mutex<Sender>>;
+
+struct SenderCache {
+    links: HashMap<String, (u64, SharedSender)>,
+    clock: u64,
+    capacity: usize,
+}
+
+impl fmt::Debug for AmqpConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpConnection")
+            .field("broker", &self.description)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long the broker may take to answer an open, begin or attach.
+pub(crate) const BROKER_ANSWER: std::time::Duration = std::time::Duration::from_secs(10);
+
+static LINK_NUMBER: AtomicU64 = AtomicU64::new(0);
+
+/// A link name unique in this process (link names must be unique per
+/// connection and container).
+pub(crate) fn link_name(kind: &str) -> String {
+    format!(
+        "novarpc-{kind}-{}-{}",
+        std::process::id(),
+        LINK_NUMBER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub(crate) fn durability(durable: bool) -> TerminusDurability {
+    if durable {
+        TerminusDurability::Configuration
+    } else {
+        TerminusDurability::None
+    }
+}
+
+impl AmqpConnection {
+    /// Marks the connection unusable: the next `Reconnector::get` replaces it.
+    pub(crate) fn mark_broken(&self) {
+        self.broken.store(true, Ordering::Release);
+    }
+
+    /// Whether the connection is known to be closed (broken, or its engine
+    /// stopped).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.is_broken()
+            || self
+                .connection
+                .try_lock()
+                .is_ok_and(|handle| handle.is_closed())
+    }
+
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    /// Opens a new session on this connection, for receivers: a refused
+    /// attach ends its whole session, so each listener gets its own.
+    pub(crate) async fn begin_session(&self) -> Result<SessionHandle<()>, QpidError> {
+        let mut connection = self.connection.lock().await;
+        let begun =
+            tokio::time::timeout(BROKER_ANSWER, Session::builder().begin(&mut connection)).await;
+        match begun {
+            Ok(Ok(session)) => Ok(session),
+            Ok(Err(e)) => {
+                self.mark_broken();
+                Err(QpidError::Session(e.to_string()))
+            }
+            Err(_) => {
+                self.mark_broken();
+                Err(QpidError::Session(format!(
+                    "no answer to begin within {BROKER_ANSWER:?}"
+                )))
+            }
+        }
+    }
+
+    /// The sender link to `node`, attached on first use.
+    pub(crate) async fn sender(
+        &self,
+        node: &Node,
+        durable: bool,
+    ) -> Result<SharedSender, QpidError> {
+        {
+            let mut cache = self.senders.lock();
+            cache.clock += 1;
+            let now = cache.clock;
+            if let Some((used, sender)) = cache.links.get_mut(&node.address) {
+                *used = now;
+                return Ok(sender.clone());
+            }
+        }
+        let mut target = Target::builder()
+            .address(node.address.clone())
+            .durable(durability(durable && self.durable_queues));
+        if let Some(capability) = node.capability {
+            target = target.capabilities(vec![Symbol::from(capability)]);
+        }
+        let sender = {
+            let mut session = self.session.lock().await;
+            tokio::time::timeout(
+                BROKER_ANSWER,
+                Sender::builder()
+                    .name(link_name("sender"))
+                    .target(target.build())
+                    .attach(&mut session),
+            )
+            .await
+        };
+        let sender = match sender {
+            Ok(Ok(sender)) => Arc::new(tokio::sync::Mutex::new(sender)),
+            Err(_) => {
+                self.mark_broken();
+                return Err(QpidError::Attach {
+                    address: node.address.clone(),
+                    reason: format!("no answer within {BROKER_ANSWER:?}"),
+                });
+            }
+            Ok(Err(error)) => {
+                // A refused attach ends the session and with it every sender.
+                self.mark_broken();
+                return Err(QpidError::Attach {
+                    address: node.address.clone(),
+                    reason: error.to_string(),
+                });
+            }
+        };
+        let evicted = {
+            let mut cache = self.senders.lock();
+            cache.clock += 1;
+            let now = cache.clock;
+            if let Some((used, existing)) = cache.links.get_mut(&node.address) {
+                // Another task attached one meanwhile: keep one, close ours.
+                *used = now;
+                let existing = existing.clone();
+                drop(cache);
+                close_sender(sender);
+                return Ok(existing);
+            }
+            cache
+                .links
+                .insert(node.address.clone(), (now, sender.clone()));
+            if cache.links.len() > cache.capacity {
+                let oldest = cache
+                    .links
+                    .iter()
+                    .min_by_key(|(_, (used, _))| *used)
+                    .map(|(address, _)| address.clone());
+                oldest.and_then(|address| cache.links.remove(&address))
+            } else {
+                None
+            }
+        };
+        if let Some((_, sender)) = evicted {
+            close_sender(sender);
+        }
+        Ok(sender)
+    }
+
+    /// Forgets a sender that failed, so the next send attaches a new link.
+    pub(crate) fn drop_sender(&self, address: &str) {
+        let removed = self.senders.lock().links.remove(address);
+        if let Some((_, sender)) = removed {
+            close_sender(sender);
+        }
+    }
+
+    /// Closes links, session and connection, politely.
+    pub(crate) async fn close(&self) {
+        self.mark_broken();
+        let senders: Vec<SharedSender> = self
+            .senders
+            .lock()
+            .links
+            .drain()
+            .map(|(_, (_, s))| s)
+            .collect();
+        for sender in senders {
+            if let Ok(sender) = Arc::try_unwrap(sender) {
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(2),
+                    sender.into_inner().close(),
+                )
+                .await;
+            }
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            let _ = self.session.lock().await.end().await;
+            let _ = self.connection.lock().await.close().await;
+        })
+        .await;
+    }
+}
+
+/// Closes a sender once nobody uses it any more.
+fn close_sender(sender: SharedSender) {
+    tokio::spawn(async move {
+        let sender = sender.lock_owned().await;
+        let sender = tokio::sync::OwnedMutexGuard::mutex(&sender).clone();
+        if let Ok(sender) = Arc::try_unwrap(sender) {
+            let _ = sender.into_inner().close().await;
+        }
+    });
+}
+
+pub(crate) struct QpidConnector {
+    options: QpidOptions,
+    container_id: String,
+}
+
+impl QpidConnector {
+    pub(crate) fn new(options: QpidOptions, purpose: &str) -> Self {
+        let name = options.container_name.clone().unwrap_or_else(|| {
+            std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "novarpc".to_owned())
+        });
+        let container_id = format!(
+            "{name}:{}:novarpc-{purpose}-{}",
+            std::process::id(),
+            novarpc_core::envelope::new_unique_id()
+        );
+        QpidConnector {
+            options,
+            container_id,
+        }
+    }
+}
+
+impl Connector for QpidConnector {
+    type Host = BrokerHost;
+    type Connection = Arc<AmqpConnection>;
+    type Error = QpidError;
+
+    async fn connect(&self, host: &BrokerHost) -> Result<Arc<AmqpConnection>, QpidError> {
+        let description = host.describe();
+        let connect_error = |reason: String| QpidError::Connect {
+            broker: description.clone(),
+            reason,
+        };
+        let stream = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            TcpStream::connect((host.host.as_str(), host.port)),
+        )
+        .await
+        .map_err(|_| connect_error("TCP connect timed out after 10s".into()))?
+        .map_err(|e| connect_error(e.to_string()))?;
+        // Without it each small transfer waits for a delayed ACK (~40 ms).
+        stream
+            .set_nodelay(true)
+            .map_err(|e| connect_error(e.to_string()))?;
+        let sasl = match self.options.sasl_mechanism {
+            SaslMechanism::Plain => SaslProfile::Plain {
+                username: host.username.clone(),
+                password: host.password.expose().to_owned(),
+            },
+            SaslMechanism::Anonymous => SaslProfile::Anonymous,
+        };
+        // RabbitMQ picks the virtual host from the open frame's hostname.
+        let hostname = host.vhost.as_ref().map(|v| format!("vhost:{v}"));
+        let builder = Connection::builder()
+            .container_id(self.container_id.clone())
+            .hostname(hostname.as_deref())
+            .sasl_profile(sasl);
+        let builder = if self.options.heartbeat_timeout > 0 {
+            builder.idle_time_out(self.options.heartbeat_timeout.saturating_mul(1000))
+        } else {
+            builder
+        };
+        let opened = if host.tls {
+            let connector = tls_connector(&self.options)?;
+            let server_name =
+                tokio_rustls::rustls::pki_types::ServerName::try_from(host.host.clone())
+                    .map_err(|e| QpidError::Tls(format!("{}: {e}", host.host)))?;
+            let stream = connector
+                .connect(server_name, stream)
+                .await
+                .map_err(|e| QpidError::Tls(format!("{description}: {e}")))?;
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                builder.open_with_stream(stream),
+            )
+            .await
+        } else {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                builder.open_with_stream(stream),
+            )
+            .await
+        };
+        let mut connection = opened
+            .map_err(|_| connect_error("AMQP open timed out after 10s".into()))?
+            .map_err(|e| connect_error(e.to_string()))?;
+        let session =
+            tokio::time::timeout(BROKER_ANSWER, Session::builder().begin(&mut connection))
+                .await
+                .map_err(|_| connect_error("no answer to begin".into()))?
+                .map_err(|e| connect_error(format!("begin session: {e}")))?;
+        Ok(Arc::new(AmqpConnection {
+            connection: tokio::sync::Mutex::new(connection),
+            session: tokio::sync::Mutex::new(session),
+            senders: parking_lot::Mutex::new(SenderCache {
+                links: HashMap::new(),
+                clock: 0,
+                capacity: self.options.sender_cache_size,
+            }),
+            broken: AtomicBool::new(false),
+            durable_queues: self.options.durable_queues,
+            description,
+        }))
+    }
+
+    fn is_usable(&self, connection: &Arc<AmqpConnection>) -> bool {
+        !connection.is_closed()
+    }
+
+    fn describe(&self, host: &BrokerHost) -> String {
+        host.describe()
+    }
+}
+
+pub(crate) type Broker = Reconnector<QpidConnector>;

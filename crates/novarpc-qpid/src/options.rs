@@ -1,0 +1,169 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+use novarpc_amqp::{FailoverStrategy, RetryPolicy};
+use novarpc_core::{Config, ConfigError};
+use serde::{Deserialize, Serialize};
+
+use crate::addressing::AddressingProfile;
+
+/// SASL mechanism used to authenticate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum SaslMechanism {
+    /// PLAIN with the transport URL's user and password (default `guest`).
+    #[default]
+    Plain,
+    Anonymous,
+}
+
+/// Options of the `[qpid]` table. oslo's old `[oslo_messaging_amqp]` names are
+/// accepted as aliases where the meaning is the same.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QpidOptions {
+    /// How the broker names nodes: `rabbitmq3`, `rabbitmq4` or `activemq`.
+    #[serde(alias = "addressing_mode")]
+    pub addressing: AddressingProfile,
+    pub sasl_mechanism: SaslMechanism,
+    /// Credit granted to each receiver link (messages in flight per link).
+    #[serde(alias = "prefetch_count")]
+    pub link_credit: u32,
+    /// Idle timeout announced to the broker in seconds (the broker then sends
+    /// heartbeats at half of it); 0 disables it.
+    #[serde(alias = "idle_timeout")]
+    pub heartbeat_timeout: u32,
+    /// Send casts and notifications unsettled and count them delivered only on
+    /// the broker's `accepted` outcome; `false` sends them pre-settled.
+    pub publisher_confirms: bool,
+    /// Topic and server queues survive a broker restart (terminus durability
+    /// `configuration`). Every peer of a queue must agree: the broker refuses
+    /// a link that would redeclare it differently.
+    #[serde(alias = "amqp_durable_queues")]
+    pub durable_queues: bool,
+    /// Seconds before the first reconnect attempt; later ones back off
+    /// exponentially (with jitter) up to `retry_interval_max`.
+    #[serde(alias = "connection_retry_interval")]
+    pub retry_interval: f64,
+    #[serde(alias = "connection_retry_interval_max")]
+    pub retry_interval_max: f64,
+    /// Retries of a failed send or connect before giving up with an error
+    /// (the receivers of a server retry for ever).
+    pub max_retries: u32,
+    /// Order of the transport URL's hosts: `round-robin` or `shuffle`.
+    pub failover_strategy: FailoverStrategy,
+    /// Sender links kept open per connection (one per destination address);
+    /// the least recently used is closed beyond this.
+    pub sender_cache_size: usize,
+    /// TLS (`amqps`), verifying the broker's certificate and host name.
+    pub ssl: bool,
+    #[serde(alias = "ssl_ca_file")]
+    pub ssl_ca_file: Option<PathBuf>,
+    pub ssl_cert_file: Option<PathBuf>,
+    pub ssl_key_file: Option<PathBuf>,
+    /// AMQP container id prefix (default: host name); a unique suffix is added.
+    pub container_name: Option<String>,
+}
+
+impl Default for QpidOptions {
+    fn default() -> Self {
+        QpidOptions {
+            addressing: AddressingProfile::Rabbitmq3,
+            sasl_mechanism: SaslMechanism::Plain,
+            link_credit: 200,
+            heartbeat_timeout: 60,
+            publisher_confirms: true,
+            durable_queues: false,
+            retry_interval: 1.0,
+            retry_interval_max: 30.0,
+            max_retries: 3,
+            failover_strategy: FailoverStrategy::RoundRobin,
+            sender_cache_size: 256,
+            ssl: false,
+            ssl_ca_file: None,
+            ssl_cert_file: None,
+            ssl_key_file: None,
+            container_name: None,
+        }
+    }
+}
+
+fn seconds(config: &Config, key: &str, value: f64) -> Result<(), ConfigError> {
+    if (0.0..1e9).contains(&value) {
+        Ok(())
+    } else {
+        Err(config.invalid(
+            "qpid",
+            key,
+            format!("must be a non-negative number of seconds, got {value}"),
+        ))
+    }
+}
+
+impl QpidOptions {
+    /// Parses `[qpid]` and checks values; reads no files.
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let options: QpidOptions = config.section("qpid")?;
+        seconds(config, "retry_interval", options.retry_interval)?;
+        seconds(config, "retry_interval_max", options.retry_interval_max)?;
+        if options.link_credit == 0 {
+            return Err(config.invalid(
+                "qpid",
+                "link_credit",
+                "must be at least 1 (a receiver without credit never gets a message)",
+            ));
+        }
+        if options.sender_cache_size == 0 {
+            return Err(config.invalid("qpid", "sender_cache_size", "must be at least 1"));
+        }
+        if options.ssl_cert_file.is_some() != options.ssl_key_file.is_some() {
+            return Err(config.invalid(
+                "qpid",
+                "ssl_cert_file",
+                "a client certificate needs both ssl_cert_file and ssl_key_file",
+            ));
+        }
+        Ok(options)
+    }
+
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            interval: Duration::from_secs_f64(self.retry_interval),
+            max_interval: Duration::from_secs_f64(self.retry_interval_max),
+            max_retries: Some(self.max_retries),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_profiles_parse() {
+        let config = Config::from_toml_str(
+            "[qpid]\naddressing = \"activemq\"\nsasl_mechanism = \"ANONYMOUS\"\nlink_credit = 10\n",
+            "q.toml",
+        )
+        .unwrap();
+        let options = QpidOptions::from_config(&config).unwrap();
+        assert_eq!(options.addressing, AddressingProfile::Activemq);
+        assert_eq!(options.sasl_mechanism, SaslMechanism::Anonymous);
+        assert_eq!(options.link_credit, 10);
+        assert!(options.publisher_confirms);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (text, key) in [
+            ("[qpid]\nlink_credit = 0\n", "link_credit"),
+            ("[qpid]\naddressing = \"qpidd\"\n", "addressing"),
+            ("[qpid]\nretry_interval = -2\n", "retry_interval"),
+            ("[qpid]\ncredit = 3\n", "credit"),
+        ] {
+            let config = Config::from_toml_str(text, "q.toml").unwrap();
+            let err = QpidOptions::from_config(&config).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+}
