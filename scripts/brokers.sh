@@ -110,13 +110,19 @@ CONF
     echo "RabbitMQ TLS is up on 127.0.0.1:5671 (CA in $dir)"
 }
 
-# RabbitMQ's AMQP 1.0 plugin (on port 5672 beside 0-9-1), for the qpid driver.
+# RabbitMQ's AMQP 1.0 plugin (on port 5672 beside 0-9-1), for the qpid driver,
+# and the operator policy its `rabbitmq3` addressing profile needs: RabbitMQ
+# 3.x never deletes the private `amq.gen-*` queue of an AMQP 1.0 receiver on
+# `/topic/KEY` (fanout copies, reply nodes), even after a closing detach, so
+# unused ones expire after a minute.
 ensure_rabbitmq_amqp1() {
     if ! rabbitmq-plugins -q is_enabled rabbitmq_amqp1_0 >/dev/null 2>&1; then
         echo "enabling rabbitmq_amqp1_0"
         rabbitmq-plugins -q enable rabbitmq_amqp1_0 >/dev/null || return 1
     fi
-    echo "RabbitMQ's AMQP 1.0 plugin is enabled"
+    rabbitmqctl -q set_policy --apply-to queues --priority 0 novarpc-amqp1-private \
+        '^amq\.gen-' '{"expires": 60000}' >/dev/null || return 1
+    echo "RabbitMQ's AMQP 1.0 plugin is enabled (policy novarpc-amqp1-private set)"
 }
 
 # python-qpid-proton (PyPI) in the interop venv: the independent AMQP 1.0
