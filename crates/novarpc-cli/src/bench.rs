@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::load::{drive, Budget, Figure};
 use crate::raw::{amqp_uri, RawChannelEcho, RawLapinCasts, RawLapinRpc};
+use crate::raw_amqp1::{RawAmqp1Casts, RawAmqp1Rpc};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -427,6 +428,56 @@ async fn run_raw(
                 "lapin, confirmed publishes"
             } else {
                 "lapin, unconfirmed publishes"
+            };
+            Ok((Some(Stats::new(&figure, delivered)), label.into()))
+        }
+        ("qpid", Mode::Call) => {
+            let raw = RawAmqp1Rpc::start(config.common().transport_url.as_ref())
+                .await
+                .context("raw fe2o3-amqp baseline")?;
+            let bar = progress_bar(options, "raw", progress.clone());
+            let body = Arc::new(body);
+            let rpc = raw.clone();
+            let figure = drive(options.concurrency, options.budget, progress, move |_| {
+                let (raw, body) = (rpc.clone(), body.clone());
+                async move { raw.call(&body).await }
+            })
+            .await;
+            if let Some(bar) = bar {
+                let _ = bar.await;
+            }
+            raw.close().await;
+            Ok((
+                Some(Stats::new(&figure, None)),
+                "fe2o3-amqp (hand-written RPC)".into(),
+            ))
+        }
+        ("qpid", Mode::Cast) => {
+            let confirms = config
+                .section::<novarpc::qpid::QpidOptions>("qpid")?
+                .publisher_confirms;
+            let raw = RawAmqp1Casts::start(config.common().transport_url.as_ref(), confirms)
+                .await
+                .context("raw fe2o3-amqp baseline")?;
+            let bar = progress_bar(options, "raw", progress.clone());
+            let body = Arc::new(body);
+            let casts = raw.clone();
+            let started = Instant::now();
+            let figure = drive(options.concurrency, options.budget, progress, move |_| {
+                let (raw, body) = (casts.clone(), body.clone());
+                async move { raw.cast(&body).await }
+            })
+            .await;
+            if let Some(bar) = bar {
+                let _ = bar.await;
+            }
+            let delivered =
+                wait_for(&raw.received, figure.operations - figure.errors, started).await;
+            raw.close().await;
+            let label = if confirms {
+                "fe2o3-amqp, unsettled sends (accepted)"
+            } else {
+                "fe2o3-amqp, pre-settled sends"
             };
             Ok((Some(Stats::new(&figure, delivered)), label.into()))
         }

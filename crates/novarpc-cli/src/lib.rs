@@ -4,3 +4,4 @@
 pub mod bench;
 pub mod load;
 pub mod raw;
+pub mod raw_amqp1;

@@ -510,8 +510,15 @@ async fn listen(
     };
     let mut seen = 0u64;
     // A private pool gets a copy of every notification; it is removed on exit.
-    let private_pool = (!rpc && pool.is_none())
+    let pools = transport.capabilities().notification_pools;
+    let private_pool = (!rpc && pool.is_none() && pools)
         .then(|| format!("novarpc-listen-{}", uuid::Uuid::new_v4().simple()));
+    if !rpc && !pools {
+        eprintln!(
+            "note: {} has no notification pools: listening on the shared queues, taking turns with other listeners",
+            transport.backend()
+        );
+    }
     let outcome = async {
         if rpc {
             target.server = server;
@@ -633,6 +640,7 @@ fn check_config(config: &novarpc::Config) -> Result<u8> {
         (caps.fanout, "fanout"),
         (caps.fanout_to_server, "fanout-to-server"),
         (caps.notifications, "notifications"),
+        (caps.notification_pools, "notification-pools"),
         (caps.publisher_confirms, "publisher-confirms"),
         (caps.cross_process, "cross-process"),
     ] {
@@ -679,8 +687,13 @@ async fn ping(config: &novarpc::Config, timeout: f64) -> Result<u8> {
             timeout,
         })??;
     let connected = started.elapsed();
-    let target =
-        Target::new(format!("novarpc_ping_{}", uuid::Uuid::new_v4().simple())).server("ping");
+    // Where shared queues cannot be removed, every probe shares one topic
+    // instead of leaving a queue behind each time.
+    let target = if transport.capabilities().removes_targets {
+        Target::new(format!("novarpc_ping_{}", uuid::Uuid::new_v4().simple())).server("ping")
+    } else {
+        Target::new("novarpc_ping")
+    };
     let server = RpcServer::builder(transport.clone(), target.clone())
         .endpoint(Endpoint::new().method("ping", |_ctx, _: Value| async move {
             Ok::<_, EndpointError>("pong")

@@ -30,6 +30,8 @@ pub struct Capabilities {
     pub fanout_to_server: bool,
     /// Notifications.
     pub notifications: bool,
+    /// Notification listener pools (each pool gets every notification).
+    pub notification_pools: bool,
     /// The broker confirms that it took each cast.
     pub publisher_confirms: bool,
     /// Messages can cross process boundaries.
@@ -37,6 +39,9 @@ pub struct Capabilities {
     /// The broker may deliver a message twice (an acknowledgement lost with a
     /// connection): servers then drop repeats by the message's `_unique_id`.
     pub redelivers: bool,
+    /// [`Transport::delete_target`] removes shared queues (or none persist):
+    /// tools may make throw-away targets.
+    pub removes_targets: bool,
 }
 
 /// The acknowledgement half of a delivery, for brokers that want one.

@@ -29,9 +29,11 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     // oslo's topology has no exchange for "every process of one host".
     fanout_to_server: false,
     notifications: true,
+    notification_pools: true,
     publisher_confirms: true,
     cross_process: true,
     redelivers: true,
+    removes_targets: true,
 };
 
 /// The driver's registration.

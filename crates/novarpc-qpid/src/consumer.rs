@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use fe2o3_amqp::link::delivery::DeliveryInfo;
-use fe2o3_amqp::link::{CreditMode, ReceiverDisposer};
+use fe2o3_amqp::link::CreditMode;
 use fe2o3_amqp::types::messaging::{Body, Source, TerminusExpiryPolicy};
 use fe2o3_amqp::types::primitives::{Symbol, Value};
 use fe2o3_amqp::Receiver;
@@ -91,12 +91,16 @@ pub(crate) fn body_bytes(body: Body<Value>) -> Option<Bytes> {
     }
 }
 
+/// A settlement for the task that owns the receiver. fe2o3-amqp's
+/// `ReceiverDisposer` settles from elsewhere, but its credit top-ups starve
+/// the link (measured: 11 msgs/s with credit 20), so the receiver's own
+/// `accept` does it.
 enum Settle {
+    Accept(DeliveryInfo),
     Reject(DeliveryInfo),
 }
 
 struct QpidAcknowledge {
-    disposer: ReceiverDisposer,
     info: DeliveryInfo,
     settle: mpsc::UnboundedSender<Settle>,
 }
@@ -104,10 +108,8 @@ struct QpidAcknowledge {
 #[async_trait]
 impl Acknowledge for QpidAcknowledge {
     async fn ack(self: Box<Self>) {
-        if let Err(error) = self.disposer.accept(self.info).await {
-            // The link is gone; the broker gives the message to another receiver.
-            tracing::debug!(%error, "accepting a delivery");
-        }
+        // If the link is gone, the broker gives the message to another receiver.
+        let _ = self.settle.send(Settle::Accept(self.info));
     }
 
     async fn reject(self: Box<Self>) {
@@ -255,7 +257,7 @@ async fn receive_round(
             Receiver::builder()
                 .name(link_name("receiver"))
                 .source(source.build())
-                .credit_mode(CreditMode::Auto(credit))
+                .credit_mode(CreditMode::Manual)
                 .auto_accept(false)
                 .attach(&mut session),
         )
@@ -290,7 +292,13 @@ async fn receive_round(
     let round = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     for receiver in receivers {
-        tasks.spawn(receive(receiver, sink.clone(), stop.clone(), round.clone()));
+        tasks.spawn(receive(
+            receiver,
+            sink.clone(),
+            credit,
+            stop.clone(),
+            round.clone(),
+        ));
     }
     let mut failure = None;
     while let Some(result) = tasks.join_next().await {
@@ -307,21 +315,41 @@ async fn receive_round(
     }
 }
 
+/// Credit is granted in whole windows, each once the previous one is used
+/// up: RabbitMQ 3's plugin takes a flow's `link-credit` as new credit on top
+/// of transfers already in flight, so topping up earlier (fe2o3-amqp's
+/// `CreditMode::Auto`) lets the broker overrun the link, which fe2o3-amqp
+/// then detaches ("more message transfers than currently allowed").
+/// Unsettled messages stay bounded: the window, plus what waits in the
+/// listener's queue (as long again), plus what its handlers hold.
 async fn receive(
     mut receiver: Receiver,
     sink: Sink,
+    credit: u32,
     stop: CancellationToken,
     round: CancellationToken,
 ) -> std::result::Result<(), QpidError> {
     let (settle_tx, mut settle_rx) = mpsc::unbounded_channel();
-    let disposer = receiver.disposer();
+    if let Err(error) = receiver.set_credit(credit).await {
+        return Err(QpidError::Receive(error.to_string()));
+    }
     let result = loop {
+        if receiver.credit() == 0 {
+            if let Err(error) = receiver.set_credit(credit).await {
+                break Err(QpidError::Receive(error.to_string()));
+            }
+        }
         let delivery = tokio::select! {
+            biased;
             _ = stop.cancelled() => break Ok(()),
             _ = round.cancelled() => break Ok(()),
-            Some(Settle::Reject(info)) = settle_rx.recv() => {
-                if let Err(error) = receiver.reject(info, None).await {
-                    tracing::debug!(%error, "rejecting a delivery");
+            Some(settle) = settle_rx.recv() => {
+                let settled = match settle {
+                    Settle::Accept(info) => receiver.accept(info).await,
+                    Settle::Reject(info) => receiver.reject(info, None).await,
+                };
+                if let Err(error) = settled {
+                    tracing::debug!(%error, "settling a delivery");
                 }
                 continue;
             }
@@ -342,14 +370,13 @@ async fn receive(
         };
         match &sink {
             Sink::Accept(deliver) => {
-                let _ = disposer.accept(info).await;
+                let _ = receiver.accept(info).await;
                 deliver(body);
             }
             Sink::Listener(tx) => {
                 let delivery = Delivery::with_acknowledge(
                     body,
                     Box::new(QpidAcknowledge {
-                        disposer: disposer.clone(),
                         info,
                         settle: settle_tx.clone(),
                     }),

@@ -30,9 +30,12 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     fanout: true,
     fanout_to_server: true,
     notifications: true,
+    notification_pools: false,
     publisher_confirms: true,
     cross_process: true,
     redelivers: true,
+    // RabbitMQ 3 cannot delete queues over AMQP 1.0.
+    removes_targets: false,
 };
 
 /// The driver's registration.

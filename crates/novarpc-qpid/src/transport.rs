@@ -198,7 +198,7 @@ impl QpidTransport {
         ensure(
             &policy,
             |_| {
-                let sendable = sendable.clone();
+                let sendable = &sendable;
                 async move {
                     let (generation, connection) =
                         broker.get().await.map_err(|e| e.last_error)?;
@@ -213,7 +213,7 @@ impl QpidTransport {
                     // broker that never grants it is treated as gone.
                     let sent = tokio::time::timeout(
                         OUTCOME_WAIT,
-                        async { sender.lock().await.send_batchable(sendable).await },
+                        async { sender.lock().await.send_batchable_ref(sendable).await },
                     )
                     .await;
                     let sent = match sent {
@@ -467,11 +467,10 @@ impl Transport for QpidTransport {
         if let Some(msg_id) = correlation {
             props = props.correlation_id(msg_id);
         }
-        let settlement = if self.shared.options.publisher_confirms {
-            Settlement::Confirmed
-        } else {
-            Settlement::PreSettled
-        };
+        // Pre-settled: the broker accepts a reply whether or not its caller
+        // is still there (an unroutable `/topic/` message is accepted too),
+        // so waiting for the outcome would only add a round trip.
+        let settlement = Settlement::PreSettled;
         Box::pin(self.deliver(Outgoing {
             node: &node,
             durable_node: false,

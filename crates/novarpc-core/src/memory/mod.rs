@@ -35,9 +35,11 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     fanout: true,
     fanout_to_server: true,
     notifications: true,
+    notification_pools: true,
     publisher_confirms: false,
     cross_process: false,
     redelivers: false,
+    removes_targets: true,
 };
 
 /// The driver's registration.

@@ -1,0 +1,254 @@
+//! Raw fe2o3-amqp baselines for the qpid backend: the same workloads written
+//! directly on fe2o3-amqp against the same broker, measured in the same run.
+//! They use fixed queue names (`novarpc_raw_*`), reused by every run, since
+//! queues cannot be deleted over AMQP 1.0 on RabbitMQ 3.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use fe2o3_amqp::link::delivery::DeliveryInfo;
+use fe2o3_amqp::link::CreditMode;
+use fe2o3_amqp::types::messaging::{Body, Data, Message, Outcome, Properties};
+use fe2o3_amqp::types::primitives::Value;
+use fe2o3_amqp::{Connection, Receiver, Sendable, Sender, Session};
+use novarpc::TransportUrl;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+const CREDIT: u32 = 200;
+
+/// A connection and session opened the way the driver does (TCP_NODELAY,
+/// SASL PLAIN), so the baseline pays no Nagle delay either.
+struct Opened {
+    connection: fe2o3_amqp::connection::ConnectionHandle<()>,
+    session: fe2o3_amqp::session::SessionHandle<()>,
+}
+
+async fn open(url: Option<&TransportUrl>, name: &str) -> Result<Opened> {
+    let host = url.and_then(|u| u.hosts.first());
+    let hostname = host
+        .map(|h| h.hostname.clone())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let port = host.and_then(|h| h.port).unwrap_or(5672);
+    let username = host
+        .and_then(|h| h.username.clone())
+        .unwrap_or_else(|| "guest".into());
+    let password = host
+        .and_then(|h| h.password.as_ref().map(|p| p.expose().to_owned()))
+        .unwrap_or_else(|| "guest".into());
+    let stream = tokio::net::TcpStream::connect((hostname.as_str(), port))
+        .await
+        .with_context(|| format!("connecting to {hostname}:{port}"))?;
+    stream.set_nodelay(true)?;
+    let mut connection = Connection::builder()
+        .container_id(format!(
+            "novarpc-raw-{name}-{}",
+            uuid::Uuid::new_v4().simple()
+        ))
+        .sasl_profile(fe2o3_amqp::sasl_profile::SaslProfile::Plain { username, password })
+        .open_with_stream(stream)
+        .await
+        .context("AMQP 1.0 open")?;
+    let session = Session::begin(&mut connection).await?;
+    Ok(Opened {
+        connection,
+        session,
+    })
+}
+
+async fn receiver(session: &mut Opened, name: &str, address: &str) -> Result<Receiver> {
+    Ok(Receiver::builder()
+        .name(format!("{name}-{}", uuid::Uuid::new_v4().simple()))
+        .source(address)
+        .credit_mode(CreditMode::Auto(CREDIT))
+        .auto_accept(false)
+        .attach(&mut session.session)
+        .await?)
+}
+
+async fn sender(session: &mut Opened, name: &str, address: &str) -> Result<Sender> {
+    Ok(Sender::attach(
+        &mut session.session,
+        format!("{name}-{}", uuid::Uuid::new_v4().simple()),
+        address,
+    )
+    .await?)
+}
+
+fn data_of(body: Body<Value>) -> Vec<u8> {
+    match body {
+        Body::Data(batch) => batch.into_iter().flat_map(|d| d.0.into_vec()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+async fn close(mut opened: Opened) {
+    let _ = opened.session.end().await;
+    let _ = opened.connection.close().await;
+}
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>;
+
+/// A hand-written request/response on fe2o3-amqp: pre-settled requests with
+/// `reply-to` and `message-id` to a queue whose receiver accepts each and
+/// answers pre-settled with `correlation-id`.
+pub struct RawAmqp1Rpc {
+    requests: tokio::sync::Mutex<Sender>,
+    next_id: AtomicU64,
+    pending: Pending,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    opened: Mutex<Vec<Opened>>,
+}
+
+const REQUESTS: &str = "/queue/novarpc_raw_requests";
+const REPLIES: &str = "/queue/novarpc_raw_replies";
+const CASTS: &str = "/queue/novarpc_raw_casts";
+
+impl RawAmqp1Rpc {
+    pub async fn start(url: Option<&TransportUrl>) -> Result<Arc<RawAmqp1Rpc>> {
+        let mut server = open(url, "server").await?;
+        let mut client = open(url, "client").await?;
+        let mut incoming = receiver(&mut server, "raw-requests", REQUESTS).await?;
+        let mut answers = sender(&mut server, "raw-answers", REPLIES).await?;
+        let mut replies = receiver(&mut client, "raw-replies", REPLIES).await?;
+        let requests = sender(&mut client, "raw-client", REQUESTS).await?;
+        // Requests left by an earlier, interrupted run are drained unanswered.
+        let serve = tokio::spawn(async move {
+            while let Ok(delivery) = incoming.recv::<Body<Value>>().await {
+                let info = DeliveryInfo::from(&delivery);
+                let message = delivery.into_message();
+                let correlation = message
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.message_id.clone());
+                let _ = incoming.accept(info).await;
+                let Some(correlation) = correlation else {
+                    continue;
+                };
+                let reply = Message::builder()
+                    .properties(Properties::builder().correlation_id(correlation).build())
+                    .data(Data(data_of(message.body).into()))
+                    .build();
+                let sendable = Sendable::builder().message(reply).settled(true).build();
+                if answers.send_batchable(sendable).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let pending: Pending = Arc::default();
+        let waiting = pending.clone();
+        let receive = tokio::spawn(async move {
+            while let Ok(delivery) = replies.recv::<Body<Value>>().await {
+                let info = DeliveryInfo::from(&delivery);
+                let _ = replies.accept(info).await;
+                let message = delivery.into_message();
+                let id = match message.properties.and_then(|p| p.correlation_id) {
+                    Some(fe2o3_amqp::types::messaging::MessageId::String(id)) => id,
+                    _ => continue,
+                };
+                if let Some(tx) = waiting.lock().remove(&id) {
+                    let _ = tx.send(data_of(message.body));
+                }
+            }
+        });
+        Ok(Arc::new(RawAmqp1Rpc {
+            requests: tokio::sync::Mutex::new(requests),
+            next_id: AtomicU64::new(0),
+            pending,
+            tasks: vec![serve, receive],
+            opened: Mutex::new(vec![server, client]),
+        }))
+    }
+
+    pub async fn call(&self, body: &[u8]) -> bool {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().insert(id.clone(), tx);
+        let message = Message::builder()
+            .properties(
+                Properties::builder()
+                    .message_id(id)
+                    .reply_to(REPLIES)
+                    .build(),
+            )
+            .data(Data(body.to_vec().into()))
+            .build();
+        let sendable = Sendable::builder().message(message).settled(true).build();
+        let sent = self.requests.lock().await.send_batchable(sendable).await;
+        sent.is_ok() && rx.await.is_ok()
+    }
+
+    pub async fn close(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        let opened: Vec<Opened> = self.opened.lock().drain(..).collect();
+        for opened in opened {
+            close(opened).await;
+        }
+    }
+}
+
+/// Raw casts on fe2o3-amqp: sent unsettled (delivered on `accepted`) or
+/// pre-settled to a queue with one accepting receiver; counts deliveries.
+pub struct RawAmqp1Casts {
+    sender: tokio::sync::Mutex<Sender>,
+    confirms: bool,
+    pub received: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+    opened: Mutex<Vec<Opened>>,
+}
+
+impl RawAmqp1Casts {
+    pub async fn start(url: Option<&TransportUrl>, confirms: bool) -> Result<Arc<RawAmqp1Casts>> {
+        let mut consumer = open(url, "cast-consumer").await?;
+        let mut producer = open(url, "cast-producer").await?;
+        let mut incoming = receiver(&mut consumer, "raw-casts", CASTS).await?;
+        let sender = sender(&mut producer, "raw-caster", CASTS).await?;
+        let received = Arc::new(AtomicU64::new(0));
+        let counter = received.clone();
+        let task = tokio::spawn(async move {
+            while let Ok(delivery) = incoming.recv::<Body<Value>>().await {
+                let _ = incoming.accept(&delivery).await;
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Ok(Arc::new(RawAmqp1Casts {
+            sender: tokio::sync::Mutex::new(sender),
+            confirms,
+            received,
+            task,
+            opened: Mutex::new(vec![consumer, producer]),
+        }))
+    }
+
+    pub async fn cast(&self, body: &[u8]) -> bool {
+        let message = Message::builder()
+            .header(fe2o3_amqp::types::messaging::Header {
+                durable: true,
+                ..Default::default()
+            })
+            .data(Data(body.to_vec().into()))
+            .build();
+        let sendable = Sendable::builder()
+            .message(message)
+            .settled(!self.confirms)
+            .build();
+        let sent = self.sender.lock().await.send_batchable(sendable).await;
+        match sent {
+            Ok(outcome) if self.confirms => matches!(outcome.await, Ok(Outcome::Accepted(_))),
+            Ok(_) => true,
+            Err(_) => false,
+        }
+    }
+
+    pub async fn close(&self) {
+        self.task.abort();
+        let opened: Vec<Opened> = self.opened.lock().drain(..).collect();
+        for opened in opened {
+            close(opened).await;
+        }
+    }
+}
