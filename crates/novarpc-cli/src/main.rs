@@ -692,7 +692,7 @@ async fn ping(config: &novarpc::Config, timeout: f64) -> Result<u8> {
     let target = if transport.capabilities().removes_targets {
         Target::new(format!("novarpc_ping_{}", uuid::Uuid::new_v4().simple())).server("ping")
     } else {
-        Target::new("novarpc_ping")
+        Target::new("novarpc_ping").server("ping")
     };
     let server = RpcServer::builder(transport.clone(), target.clone())
         .endpoint(Endpoint::new().method("ping", |_ctx, _: Value| async move {
