@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use fe2o3_amqp::link::delivery::DeliveryInfo;
-use fe2o3_amqp::link::CreditMode;
+use fe2o3_amqp::link::{CreditMode, ReceiverDisposer};
 use fe2o3_amqp::types::messaging::{Body, Source, TerminusExpiryPolicy};
 use fe2o3_amqp::types::primitives::{Symbol, Value};
 use fe2o3_amqp::Receiver;
@@ -91,29 +91,27 @@ pub(crate) fn body_bytes(body: Body<Value>) -> Option<Bytes> {
     }
 }
 
-/// A settlement for the task that owns the receiver. fe2o3-amqp's
-/// `ReceiverDisposer` settles from elsewhere, but its credit top-ups starve
-/// the link (measured: 11 msgs/s with credit 20), so the receiver's own
-/// `accept` does it.
-enum Settle {
-    Accept(DeliveryInfo),
-    Reject(DeliveryInfo),
-}
+/// A rejection, for the task that owns the receiver (fe2o3-amqp's
+/// `ReceiverDisposer` can accept from anywhere, but not reject).
+struct Reject(DeliveryInfo);
 
 struct QpidAcknowledge {
+    disposer: ReceiverDisposer,
     info: DeliveryInfo,
-    settle: mpsc::UnboundedSender<Settle>,
+    reject: mpsc::UnboundedSender<Reject>,
 }
 
 #[async_trait]
 impl Acknowledge for QpidAcknowledge {
     async fn ack(self: Box<Self>) {
         // If the link is gone, the broker gives the message to another receiver.
-        let _ = self.settle.send(Settle::Accept(self.info));
+        if let Err(error) = self.disposer.accept(self.info).await {
+            tracing::debug!(%error, "accepting a delivery");
+        }
     }
 
     async fn reject(self: Box<Self>) {
-        let _ = self.settle.send(Settle::Reject(self.info));
+        let _ = self.reject.send(Reject(self.info));
     }
 }
 
@@ -329,7 +327,8 @@ async fn receive(
     stop: CancellationToken,
     round: CancellationToken,
 ) -> std::result::Result<(), QpidError> {
-    let (settle_tx, mut settle_rx) = mpsc::unbounded_channel();
+    let (reject_tx, mut reject_rx) = mpsc::unbounded_channel();
+    let disposer = receiver.disposer();
     if let Err(error) = receiver.set_credit(credit).await {
         return Err(QpidError::Receive(error.to_string()));
     }
@@ -343,13 +342,9 @@ async fn receive(
             biased;
             _ = stop.cancelled() => break Ok(()),
             _ = round.cancelled() => break Ok(()),
-            Some(settle) = settle_rx.recv() => {
-                let settled = match settle {
-                    Settle::Accept(info) => receiver.accept(info).await,
-                    Settle::Reject(info) => receiver.reject(info, None).await,
-                };
-                if let Err(error) = settled {
-                    tracing::debug!(%error, "settling a delivery");
+            Some(Reject(info)) = reject_rx.recv() => {
+                if let Err(error) = receiver.reject(info, None).await {
+                    tracing::debug!(%error, "rejecting a delivery");
                 }
                 continue;
             }
@@ -377,8 +372,9 @@ async fn receive(
                 let delivery = Delivery::with_acknowledge(
                     body,
                     Box::new(QpidAcknowledge {
+                        disposer: disposer.clone(),
                         info,
-                        settle: settle_tx.clone(),
+                        reject: reject_tx.clone(),
                     }),
                 );
                 tokio::select! {
