@@ -102,6 +102,34 @@ pub async fn raw_rabbit() -> anyhow::Result<lapin::Connection> {
         .map_err(|e| anyhow::anyhow!("cannot reach RabbitMQ at {url}: {e}; {START_RABBITMQ}"))
 }
 
+/// Deletes queues, then exchanges, on the test broker through a raw lapin
+/// connection.
+async fn delete_on_rabbit(
+    queues: impl IntoIterator<Item = String>,
+    exchanges: &[String],
+) -> anyhow::Result<()> {
+    let connection = raw_rabbit().await?;
+    let channel = connection.create_channel().await?;
+    for queue in queues {
+        channel
+            .queue_delete(
+                queue.as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await?;
+    }
+    for exchange in exchanges {
+        channel
+            .exchange_delete(
+                exchange.as_str().into(),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
+            .await?;
+    }
+    connection.close(200, "done".into()).await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Backend for KombuBackend {
     fn name(&self) -> &'static str {
@@ -141,26 +169,7 @@ impl Backend for KombuBackend {
     }
 
     async fn remove_topology(&self, queues: &[String], exchanges: &[String]) -> anyhow::Result<()> {
-        let connection = raw_rabbit().await?;
-        let channel = connection.create_channel().await?;
-        for queue in queues {
-            channel
-                .queue_delete(
-                    queue.as_str().into(),
-                    lapin::options::QueueDeleteOptions::default(),
-                )
-                .await?;
-        }
-        for exchange in exchanges {
-            channel
-                .exchange_delete(
-                    exchange.as_str().into(),
-                    lapin::options::ExchangeDeleteOptions::default(),
-                )
-                .await?;
-        }
-        connection.close(200, "done".into()).await?;
-        Ok(())
+        delete_on_rabbit(queues.iter().cloned(), exchanges).await
     }
 
     fn settle_time(&self) -> std::time::Duration {
@@ -267,20 +276,15 @@ impl Backend for QpidBackend {
     /// AMQP 1.0 cannot delete queues on RabbitMQ 3: the test broker's 0-9-1
     /// side removes the shared queues (named `<exchange>.<queue>`).
     async fn remove_topology(&self, queues: &[String], exchanges: &[String]) -> anyhow::Result<()> {
-        let connection = raw_rabbit().await?;
-        let channel = connection.create_channel().await?;
-        for exchange in exchanges {
-            for queue in queues {
-                channel
-                    .queue_delete(
-                        format!("{exchange}.{queue}").as_str().into(),
-                        lapin::options::QueueDeleteOptions::default(),
-                    )
-                    .await?;
-            }
-        }
-        connection.close(200, "done".into()).await?;
-        Ok(())
+        let names: Vec<String> = exchanges
+            .iter()
+            .flat_map(|exchange| {
+                queues
+                    .iter()
+                    .map(move |queue| format!("{exchange}.{queue}"))
+            })
+            .collect();
+        delete_on_rabbit(names, &[]).await
     }
 
     fn settle_time(&self) -> std::time::Duration {

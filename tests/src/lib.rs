@@ -4,6 +4,22 @@
 //! A backend's test file is one line: `conformance_suite!(backends::memory());`.
 
 pub mod backends;
+pub mod args {
+    //! Argument types of the test endpoints, shared by the suite and the
+    //! interop tests.
+    use serde::Deserialize;
+    use serde_json::Value;
+
+    #[derive(Deserialize)]
+    pub struct ValueArgs {
+        pub value: Value,
+    }
+
+    #[derive(Deserialize)]
+    pub struct MessageArgs {
+        pub message: String,
+    }
+}
 pub mod faults;
 pub mod python;
 pub mod suite;
@@ -45,6 +61,50 @@ pub trait Backend: Send + Sync + 'static {
     fn settle_time(&self) -> Duration {
         Duration::from_millis(200)
     }
+}
+
+/// Where `scripts/brokers.sh` put the test CA and client certificate
+/// (`NOVARPC_TEST_TLS_DIR`, by default `/etc/rabbitmq/novarpc-tls`).
+pub fn tls_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::path::PathBuf::from(
+        std::env::var("NOVARPC_TEST_TLS_DIR")
+            .unwrap_or_else(|_| "/etc/rabbitmq/novarpc-tls".to_owned()),
+    );
+    anyhow::ensure!(
+        dir.join("ca.pem").exists(),
+        "no test CA in {}: run ./scripts/test (it enables RabbitMQ's TLS listener on 5671)",
+        dir.display()
+    );
+    Ok(dir)
+}
+
+/// Serves and calls `ping` over a transport built from `config`, then removes
+/// the target's shared queues through `backend` (with these exchanges).
+pub async fn ping_over(
+    config: &novarpc::Config,
+    backend: &dyn Backend,
+    exchanges: &[String],
+) -> anyhow::Result<()> {
+    use novarpc::{Context, Endpoint, EndpointError, RpcClient, RpcServer, Target};
+    let transport = novarpc::connect(config).await?;
+    let topic = unique("ping");
+    let server = RpcServer::builder(transport.clone(), Target::new(&topic).server("h1"))
+        .endpoint(
+            Endpoint::new().method("ping", |_ctx, _: serde_json::Value| async move {
+                Ok::<_, EndpointError>("pong")
+            }),
+        )
+        .start()
+        .await?;
+    let pong: String = RpcClient::new(transport.clone(), Target::new(&topic))
+        .call(&Context::new(), "ping", &serde_json::json!({}))
+        .await?;
+    anyhow::ensure!(pong == "pong");
+    server.stop().await?;
+    transport.cleanup().await?;
+    backend
+        .remove_topology(&[topic.clone(), format!("{topic}.h1")], exchanges)
+        .await
 }
 
 /// A name no other test uses, for exchanges and topics.

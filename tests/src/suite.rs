@@ -14,14 +14,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
 
+use crate::args::{MessageArgs, ValueArgs};
 use crate::{unique, Backend};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-#[derive(Deserialize)]
-struct ValueArgs {
-    value: Value,
-}
 
 #[derive(Deserialize)]
 struct AddArgs {
@@ -32,11 +28,6 @@ struct AddArgs {
 #[derive(Deserialize)]
 struct CountArgs {
     n: u64,
-}
-
-#[derive(Deserialize)]
-struct MessageArgs {
-    message: String,
 }
 
 #[derive(Deserialize)]

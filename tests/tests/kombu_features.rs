@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context as _, Result};
 use novarpc::{Context, Endpoint, EndpointError, Error, RpcClient, RpcServer, Target};
 use novarpc_conformance::backends::{kombu_with, START_RABBITMQ};
-use novarpc_conformance::{unique, Backend};
+use novarpc_conformance::{tls_dir, unique, Backend};
 use serde_json::{json, Value};
 
 async fn rabbitmqctl(args: &[&str]) -> Result<String> {
@@ -73,6 +73,7 @@ async fn a_reply_to_a_vanished_caller_is_reported() -> Result<()> {
     let result = transport
         .send_reply(
             "reply_nobody_listens_here",
+            "0123456789abcdef0123456789abcdef",
             bytes::Bytes::from_static(b"{}"),
         )
         .await;
@@ -196,20 +197,6 @@ async fn connections_are_named_and_negotiate_heartbeat_and_prefetch() -> Result<
         .await
 }
 
-/// Where `scripts/brokers.sh` put the test CA and client certificate.
-fn tls_dir() -> Result<std::path::PathBuf> {
-    let dir = std::path::PathBuf::from(
-        std::env::var("NOVARPC_TEST_TLS_DIR")
-            .unwrap_or_else(|_| "/etc/rabbitmq/novarpc-tls".to_owned()),
-    );
-    ensure!(
-        dir.join("ca.pem").exists(),
-        "no test CA in {}: run ./scripts/test (it enables RabbitMQ's TLS listener on 5671)",
-        dir.display()
-    );
-    Ok(dir)
-}
-
 fn tls_config(host: &str, extra: &str) -> Result<novarpc::Config> {
     let dir = tls_dir()?;
     config(&format!(
@@ -221,25 +208,9 @@ fn tls_config(host: &str, extra: &str) -> Result<novarpc::Config> {
 
 /// Serves and calls `ping` over a transport built from `config`.
 async fn ping_over(config: &novarpc::Config) -> Result<()> {
-    let transport = novarpc::connect(config)
+    novarpc_conformance::ping_over(config, &kombu_with(""), &[])
         .await
-        .map_err(|e| anyhow::anyhow!("{e}; {START_RABBITMQ}"))?;
-    let topic = unique("ping");
-    let server = RpcServer::builder(transport.clone(), Target::new(&topic).server("h1"))
-        .endpoint(Endpoint::new().method("ping", |_ctx, _: Value| async move {
-            Ok::<_, EndpointError>("pong")
-        }))
-        .start()
-        .await?;
-    let pong: String = RpcClient::new(transport.clone(), Target::new(&topic))
-        .call(&Context::new(), "ping", &json!({}))
-        .await?;
-    ensure!(pong == "pong");
-    server.stop().await?;
-    transport.cleanup().await?;
-    kombu_with("")
-        .remove_topology(&[topic.clone(), format!("{topic}.h1")], &[])
-        .await
+        .map_err(|e| anyhow::anyhow!("{e}; {START_RABBITMQ}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

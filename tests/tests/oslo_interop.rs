@@ -9,6 +9,7 @@ use anyhow::{ensure, Context as _, Result};
 use novarpc::{
     Context, Endpoint, EndpointError, Error, RpcClient, RpcServer, Target, Transport, Version,
 };
+use novarpc_conformance::args::{MessageArgs, ValueArgs};
 use novarpc_conformance::backends::kombu;
 use novarpc_conformance::python::{run_client, PythonServer};
 use novarpc_conformance::unique;
@@ -18,16 +19,6 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 const NEEDS: &str = "needs RabbitMQ and the oslo.messaging venv: run ./scripts/test";
-
-#[derive(Deserialize)]
-struct ValueArgs {
-    value: Value,
-}
-
-#[derive(Deserialize)]
-struct MessageArgs {
-    message: String,
-}
 
 #[derive(Deserialize)]
 struct NoArgs {}

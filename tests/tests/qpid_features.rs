@@ -2,16 +2,16 @@
 //! mechanisms, authentication failures, and selection by URL scheme.
 
 use anyhow::{ensure, Result};
-use novarpc::{Context, Endpoint, EndpointError, Error, RpcClient, RpcServer, Target};
+use novarpc::Error;
 use novarpc_conformance::backends::{qpid, START_AMQP1};
-use novarpc_conformance::{unique, Backend};
-use serde_json::{json, Value};
+use novarpc_conformance::tls_dir;
 
 fn config(text: &str) -> Result<novarpc::Config> {
     Ok(novarpc::Config::from_toml_str(text, "<qpid features>")?)
 }
 
-/// Serves and calls `ping` over a transport built from `config`.
+/// Serves and calls `ping` over a transport built from `config` (on the
+/// qpid driver).
 async fn ping_over(config: &novarpc::Config) -> Result<()> {
     let transport = novarpc::connect(config)
         .await
@@ -21,25 +21,8 @@ async fn ping_over(config: &novarpc::Config) -> Result<()> {
         "chose {}",
         transport.backend()
     );
-    let topic = unique("ping");
-    let server = RpcServer::builder(transport.clone(), Target::new(&topic).server("h1"))
-        .endpoint(Endpoint::new().method("ping", |_ctx, _: Value| async move {
-            Ok::<_, EndpointError>("pong")
-        }))
-        .start()
-        .await?;
-    let pong: String = RpcClient::new(transport.clone(), Target::new(&topic))
-        .call(&Context::new(), "ping", &json!({}))
-        .await?;
-    ensure!(pong == "pong");
-    server.stop().await?;
     transport.cleanup().await?;
-    qpid()
-        .remove_topology(
-            &[topic.clone(), format!("{topic}.h1")],
-            &["openstack".into()],
-        )
-        .await
+    novarpc_conformance::ping_over(config, &qpid(), &["openstack".into()]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,20 +65,6 @@ async fn a_wrong_password_is_a_clear_transport_error() -> Result<()> {
     );
     println!("{text}");
     Ok(())
-}
-
-/// Where `scripts/brokers.sh` put the test CA and client certificate.
-fn tls_dir() -> Result<std::path::PathBuf> {
-    let dir = std::path::PathBuf::from(
-        std::env::var("NOVARPC_TEST_TLS_DIR")
-            .unwrap_or_else(|_| "/etc/rabbitmq/novarpc-tls".to_owned()),
-    );
-    ensure!(
-        dir.join("ca.pem").exists(),
-        "no test CA in {}: run ./scripts/test (it enables RabbitMQ's TLS listener on 5671)",
-        dir.display()
-    );
-    Ok(dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

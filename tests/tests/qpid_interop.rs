@@ -9,25 +9,15 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context as _, Result};
 use novarpc::{Context, Endpoint, EndpointError, RpcServer, Target};
+use novarpc_conformance::args::{MessageArgs, ValueArgs};
 use novarpc_conformance::backends::{amqp1_url, qpid};
 use novarpc_conformance::python::{python, script};
 use novarpc_conformance::{unique, Backend};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 const NEEDS: &str =
     "needs RabbitMQ with rabbitmq_amqp1_0 and python-qpid-proton in the venv: run ./scripts/test";
-
-#[derive(Deserialize)]
-struct ValueArgs {
-    value: Value,
-}
-
-#[derive(Deserialize)]
-struct MessageArgs {
-    message: String,
-}
 
 /// Runs `proton_client.py` and returns its exit code and JSON output.
 async fn proton_client(exchange: &str, topic: &str, args: &[&str]) -> Result<(i32, Value)> {

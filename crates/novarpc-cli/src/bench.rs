@@ -355,47 +355,73 @@ pub async fn run(config: &novarpc::Config, options: &BenchOptions) -> Result<Rep
     })
 }
 
+/// Drives `op` over the payload with a progress bar: the raw half of a run.
+async fn drive_raw<F, Fut>(options: &BenchOptions, body: Vec<u8>, op: F) -> crate::load::Figure
+where
+    F: Fn(Arc<Vec<u8>>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let progress = Arc::new(AtomicU64::new(0));
+    let bar = progress_bar(options, "raw", progress.clone());
+    let body = Arc::new(body);
+    let figure = drive(options.concurrency, options.budget, progress, move |_| {
+        op(body.clone())
+    })
+    .await;
+    if let Some(bar) = bar {
+        let _ = bar.await;
+    }
+    figure
+}
+
+/// Raw casts, counted as the broker delivers them.
+async fn raw_casts<F, Fut>(
+    options: &BenchOptions,
+    body: Vec<u8>,
+    received: Arc<AtomicU64>,
+    cast: F,
+) -> Stats
+where
+    F: Fn(Arc<Vec<u8>>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let started = Instant::now();
+    let figure = drive_raw(options, body, cast).await;
+    let delivered = wait_for(&received, figure.operations - figure.errors, started).await;
+    Stats::new(&figure, delivered)
+}
+
 async fn run_raw(
     config: &novarpc::Config,
     backend: &str,
     options: &BenchOptions,
     payload: &str,
 ) -> Result<(Option<Stats>, String)> {
-    let progress = Arc::new(AtomicU64::new(0));
     let body = payload.as_bytes().to_vec();
-    let uri = amqp_uri(config.common().transport_url.as_ref());
+    let url = config.common().transport_url.as_ref();
     match (backend, options.mode) {
         ("memory", Mode::Call) => {
             let raw = Arc::new(RawChannelEcho::start());
-            let bar = progress_bar(options, "raw", progress.clone());
-            let figure = drive(options.concurrency, options.budget, progress, move |_| {
-                let (raw, body) = (raw.clone(), body.clone());
-                async move { raw.call(body).await }
+            let figure = drive_raw(options, body, move |body| {
+                let raw = raw.clone();
+                async move { raw.call(body.to_vec()).await }
             })
             .await;
-            if let Some(bar) = bar {
-                let _ = bar.await;
-            }
             Ok((
                 Some(Stats::new(&figure, None)),
                 "tokio mpsc + oneshot".into(),
             ))
         }
         ("kombu", Mode::Call) => {
-            let raw = RawLapinRpc::start(&uri)
+            let raw = RawLapinRpc::start(&amqp_uri(url))
                 .await
                 .context("raw lapin baseline")?;
-            let bar = progress_bar(options, "raw", progress.clone());
-            let body = Arc::new(body);
             let rpc = raw.clone();
-            let figure = drive(options.concurrency, options.budget, progress, move |_| {
-                let (raw, body) = (rpc.clone(), body.clone());
-                async move { raw.call(&body).await }
+            let figure = drive_raw(options, body, move |body| {
+                let rpc = rpc.clone();
+                async move { rpc.call(&body).await }
             })
             .await;
-            if let Some(bar) = bar {
-                let _ = bar.await;
-            }
             raw.close().await;
             Ok((
                 Some(Stats::new(&figure, None)),
@@ -406,46 +432,33 @@ async fn run_raw(
             let confirms = config
                 .section::<novarpc::kombu::KombuOptions>("kombu")?
                 .publisher_confirms;
-            let raw = RawLapinCasts::start(&uri, confirms)
+            let raw = RawLapinCasts::start(&amqp_uri(url), confirms)
                 .await
                 .context("raw lapin baseline")?;
-            let bar = progress_bar(options, "raw", progress.clone());
-            let body = Arc::new(body);
             let casts = raw.clone();
-            let started = Instant::now();
-            let figure = drive(options.concurrency, options.budget, progress, move |_| {
-                let (raw, body) = (casts.clone(), body.clone());
-                async move { raw.cast(&body).await }
+            let stats = raw_casts(options, body, raw.received.clone(), move |body| {
+                let casts = casts.clone();
+                async move { casts.cast(&body).await }
             })
             .await;
-            if let Some(bar) = bar {
-                let _ = bar.await;
-            }
-            let delivered =
-                wait_for(&raw.received, figure.operations - figure.errors, started).await;
             raw.close().await;
             let label = if confirms {
                 "lapin, confirmed publishes"
             } else {
                 "lapin, unconfirmed publishes"
             };
-            Ok((Some(Stats::new(&figure, delivered)), label.into()))
+            Ok((Some(stats), label.into()))
         }
         ("qpid", Mode::Call) => {
-            let raw = RawAmqp1Rpc::start(config.common().transport_url.as_ref())
+            let raw = RawAmqp1Rpc::start(url)
                 .await
                 .context("raw fe2o3-amqp baseline")?;
-            let bar = progress_bar(options, "raw", progress.clone());
-            let body = Arc::new(body);
             let rpc = raw.clone();
-            let figure = drive(options.concurrency, options.budget, progress, move |_| {
-                let (raw, body) = (rpc.clone(), body.clone());
-                async move { raw.call(&body).await }
+            let figure = drive_raw(options, body, move |body| {
+                let rpc = rpc.clone();
+                async move { rpc.call(&body).await }
             })
             .await;
-            if let Some(bar) = bar {
-                let _ = bar.await;
-            }
             raw.close().await;
             Ok((
                 Some(Stats::new(&figure, None)),
@@ -456,30 +469,22 @@ async fn run_raw(
             let confirms = config
                 .section::<novarpc::qpid::QpidOptions>("qpid")?
                 .publisher_confirms;
-            let raw = RawAmqp1Casts::start(config.common().transport_url.as_ref(), confirms)
+            let raw = RawAmqp1Casts::start(url, confirms)
                 .await
                 .context("raw fe2o3-amqp baseline")?;
-            let bar = progress_bar(options, "raw", progress.clone());
-            let body = Arc::new(body);
             let casts = raw.clone();
-            let started = Instant::now();
-            let figure = drive(options.concurrency, options.budget, progress, move |_| {
-                let (raw, body) = (casts.clone(), body.clone());
-                async move { raw.cast(&body).await }
+            let stats = raw_casts(options, body, raw.received.clone(), move |body| {
+                let casts = casts.clone();
+                async move { casts.cast(&body).await }
             })
             .await;
-            if let Some(bar) = bar {
-                let _ = bar.await;
-            }
-            let delivered =
-                wait_for(&raw.received, figure.operations - figure.errors, started).await;
             raw.close().await;
             let label = if confirms {
                 "fe2o3-amqp, unsettled sends (accepted)"
             } else {
                 "fe2o3-amqp, pre-settled sends"
             };
-            Ok((Some(Stats::new(&figure, delivered)), label.into()))
+            Ok((Some(stats), label.into()))
         }
         (backend, mode) => Ok((
             None,

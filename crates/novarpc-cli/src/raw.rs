@@ -16,9 +16,9 @@ use novarpc::TransportUrl;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-/// The AMQP URI of the first host of a transport URL (RabbitMQ's defaults
-/// where it says nothing).
-pub fn amqp_uri(url: Option<&TransportUrl>) -> String {
+/// The first host of a transport URL as (user, password, host, port), with
+/// RabbitMQ's defaults where it says nothing.
+pub fn first_host(url: Option<&TransportUrl>) -> (String, String, String, u16) {
     let host = url.and_then(|u| u.hosts.first());
     let user = host
         .and_then(|h| h.username.clone())
@@ -30,6 +30,12 @@ pub fn amqp_uri(url: Option<&TransportUrl>) -> String {
         .map(|h| h.hostname.clone())
         .unwrap_or_else(|| "127.0.0.1".into());
     let port = host.and_then(|h| h.port).unwrap_or(5672);
+    (user, password, hostname, port)
+}
+
+/// The AMQP 0-9-1 URI of the first host of a transport URL.
+pub fn amqp_uri(url: Option<&TransportUrl>) -> String {
+    let (user, password, hostname, port) = first_host(url);
     let vhost = url
         .and_then(|u| u.virtual_host.clone())
         .unwrap_or_else(|| "/".into());

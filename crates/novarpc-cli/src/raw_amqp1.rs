@@ -27,17 +27,7 @@ struct Opened {
 }
 
 async fn open(url: Option<&TransportUrl>, name: &str) -> Result<Opened> {
-    let host = url.and_then(|u| u.hosts.first());
-    let hostname = host
-        .map(|h| h.hostname.clone())
-        .unwrap_or_else(|| "127.0.0.1".into());
-    let port = host.and_then(|h| h.port).unwrap_or(5672);
-    let username = host
-        .and_then(|h| h.username.clone())
-        .unwrap_or_else(|| "guest".into());
-    let password = host
-        .and_then(|h| h.password.as_ref().map(|p| p.expose().to_owned()))
-        .unwrap_or_else(|| "guest".into());
+    let (username, password, hostname, port) = crate::raw::first_host(url);
     let stream = tokio::net::TcpStream::connect((hostname.as_str(), port))
         .await
         .with_context(|| format!("connecting to {hostname}:{port}"))?;

@@ -469,9 +469,9 @@ async fn process(delivery: Delivery, shared: &Shared) {
     let reply = |body: ReplyBody<'_>| {
         let bytes = envelope::encode_reply(&msg_id, body);
         let transport = &shared.transport;
-        let reply_q = &reply_q;
+        let (reply_q, msg_id) = (&reply_q, &msg_id);
         async move {
-            if let Err(error) = transport.send_reply(reply_q, bytes).await {
+            if let Err(error) = transport.send_reply(reply_q, msg_id, bytes).await {
                 tracing::warn!(%error, reply_q = %reply_q, method = %method, "could not send a reply");
             }
         }

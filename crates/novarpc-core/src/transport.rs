@@ -132,8 +132,10 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
         timeout: Duration,
     ) -> Result<ReplyReceiver>;
 
-    /// Sends an encoded reply to the reply queue named by a request.
-    async fn send_reply(&self, reply_q: &str, body: Bytes) -> Result<()>;
+    /// Sends an encoded reply to the reply queue named by a request;
+    /// `msg_id` is the request's, also inside `body` (drivers whose wire
+    /// has a correlation field set it without parsing the body again).
+    async fn send_reply(&self, reply_q: &str, msg_id: &str, body: Bytes) -> Result<()>;
 
     /// Sends an encoded notification to `<topic>.<priority>`.
     async fn send_notification(

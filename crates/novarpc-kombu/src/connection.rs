@@ -9,7 +9,7 @@ use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use lapin::{Channel, Connection, ConnectionProperties};
 use novarpc_amqp::pool::{Manager, Metrics, RecycleError, RecycleResult};
-use novarpc_amqp::{Connector, Reconnector};
+use novarpc_amqp::{broker_addresses, Connector, Reconnector};
 use novarpc_core::{CommonOptions, ConfigError, TransportUrl};
 
 use crate::options::KombuOptions;
@@ -40,19 +40,6 @@ fn describe(uri: &AMQPUri) -> String {
 
 /// The brokers to use: the transport URL's hosts, or RabbitMQ's defaults.
 pub(crate) fn broker_hosts(url: Option<&TransportUrl>, options: &KombuOptions) -> Vec<BrokerHost> {
-    let tls = options.ssl
-        || url
-            .and_then(|u| u.query_value("ssl"))
-            .is_some_and(|v| v == "1" || v == "true");
-    let scheme = if tls {
-        AMQPScheme::AMQPS
-    } else {
-        AMQPScheme::AMQP
-    };
-    let default_port = if tls { 5671 } else { 5672 };
-    let vhost = url
-        .and_then(|u| u.virtual_host.clone())
-        .unwrap_or_else(|| "/".to_owned());
     let heartbeat = url
         .and_then(|u| u.query_value("heartbeat"))
         .and_then(|h| h.parse().ok())
@@ -62,40 +49,28 @@ pub(crate) fn broker_hosts(url: Option<&TransportUrl>, options: &KombuOptions) -
         connection_timeout: Some(10_000),
         ..AMQPQueryString::default()
     };
-    let make =
-        |host: &str, port: Option<u16>, user: Option<&str>, password: Option<&str>| BrokerHost {
+    broker_addresses(url, options.ssl)
+        .into_iter()
+        .map(|address| BrokerHost {
             uri: AMQPUri {
-                scheme: scheme.clone(),
+                scheme: if address.tls {
+                    AMQPScheme::AMQPS
+                } else {
+                    AMQPScheme::AMQP
+                },
                 authority: AMQPAuthority {
                     userinfo: AMQPUserInfo {
-                        username: user.unwrap_or("guest").to_owned(),
-                        password: password.unwrap_or("guest").to_owned(),
+                        username: address.username,
+                        password: address.password.expose().to_owned(),
                     },
-                    host: host
-                        .trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .to_owned(),
-                    port: port.unwrap_or(default_port),
+                    host: address.host,
+                    port: address.port,
                 },
-                vhost: vhost.clone(),
+                vhost: address.virtual_host.unwrap_or_else(|| "/".to_owned()),
                 query: query.clone(),
             },
-        };
-    match url {
-        Some(url) if !url.hosts.is_empty() => url
-            .hosts
-            .iter()
-            .map(|h| {
-                make(
-                    &h.hostname,
-                    h.port,
-                    h.username.as_deref(),
-                    h.password.as_ref().map(|p| p.expose()),
-                )
-            })
-            .collect(),
-        _ => vec![make("127.0.0.1", None, None, None)],
-    }
+        })
+        .collect()
 }
 
 /// Reads the TLS files named in the options (at connect time: building the

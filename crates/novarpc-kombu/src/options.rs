@@ -1,7 +1,6 @@
 use std::path::PathBuf;
-use std::time::Duration;
 
-use novarpc_amqp::{FailoverStrategy, RetryPolicy};
+use novarpc_amqp::{seconds, FailoverStrategy, RetryPolicy};
 use novarpc_core::{Config, ConfigError};
 use serde::{Deserialize, Serialize};
 
@@ -106,26 +105,20 @@ impl Default for KombuOptions {
     }
 }
 
-fn seconds(config: &Config, key: &str, value: f64) -> Result<Duration, ConfigError> {
-    if (0.0..1e9).contains(&value) {
-        Ok(Duration::from_secs_f64(value))
-    } else {
-        Err(config.invalid(
-            "kombu",
-            key,
-            format!("must be a non-negative number of seconds, got {value}"),
-        ))
-    }
-}
-
 impl KombuOptions {
     /// Parses `[kombu]` and checks values; reads no files.
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
         let options: KombuOptions = config.section("kombu")?;
-        seconds(config, "retry_interval", options.retry_interval)?;
-        seconds(config, "retry_interval_max", options.retry_interval_max)?;
+        RetryPolicy::from_options(
+            config,
+            "kombu",
+            options.retry_interval,
+            options.retry_interval_max,
+            options.max_retries,
+        )?;
         seconds(
             config,
+            "kombu",
             "missing_consumer_retry_timeout",
             options.missing_consumer_retry_timeout,
         )?;
@@ -143,11 +136,11 @@ impl KombuOptions {
     }
 
     pub fn retry_policy(&self) -> RetryPolicy {
-        RetryPolicy {
-            interval: Duration::from_secs_f64(self.retry_interval),
-            max_interval: Duration::from_secs_f64(self.retry_interval_max),
-            max_retries: Some(self.max_retries),
-        }
+        RetryPolicy::from_secs_f64(
+            self.retry_interval,
+            self.retry_interval_max,
+            self.max_retries,
+        )
     }
 
     pub(crate) fn transient_ttl_ms(&self) -> u32 {

@@ -464,7 +464,7 @@ impl Transport for KombuTransport {
         Ok(receiver)
     }
 
-    async fn send_reply(&self, reply_q: &str, body: Bytes) -> Result<()> {
+    async fn send_reply(&self, reply_q: &str, _msg_id: &str, body: Bytes) -> Result<()> {
         self.check_open()?;
         let _slot = self.publish_slot().await;
         let timeout = Duration::from_secs_f64(self.shared.options.missing_consumer_retry_timeout);

@@ -33,8 +33,11 @@ pub struct Node {
 /// Where a process receives its replies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReplyNode {
-    /// A node with this name, attached by the caller.
-    Named(Node),
+    /// A queue of the caller's own.
+    Queue(Node),
+    /// A multicast node: the broker gives the caller's receiver a private
+    /// queue.
+    Multicast(Node),
     /// A dynamic node the broker names on attach (and removes on detach).
     Dynamic,
 }
@@ -113,8 +116,8 @@ impl AddressingProfile {
     /// when the link closes.
     pub fn reply(self, name: &str) -> ReplyNode {
         match self {
-            AddressingProfile::Rabbitmq3 => ReplyNode::Named(self.multicast_target(name)),
-            AddressingProfile::Rabbitmq4 => ReplyNode::Named(self.anycast(name)),
+            AddressingProfile::Rabbitmq3 => ReplyNode::Multicast(self.multicast_target(name)),
+            AddressingProfile::Rabbitmq4 => ReplyNode::Queue(self.anycast(name)),
             AddressingProfile::Activemq => ReplyNode::Dynamic,
         }
     }
@@ -151,7 +154,7 @@ mod tests {
         );
         assert_eq!(
             Rabbitmq3.reply("reply_ab12"),
-            ReplyNode::Named(Node {
+            ReplyNode::Multicast(Node {
                 address: "/topic/reply_ab12".into(),
                 capability: None
             })
@@ -172,7 +175,7 @@ mod tests {
         assert_eq!(Rabbitmq4.multicast_source("k"), None);
         assert_eq!(
             Rabbitmq4.reply("reply_1"),
-            ReplyNode::Named(Node {
+            ReplyNode::Queue(Node {
                 address: "/queues/reply_1".into(),
                 capability: None
             })

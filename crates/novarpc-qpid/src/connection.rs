@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use fe2o3_amqp::connection::ConnectionHandle;
@@ -13,82 +13,14 @@ use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::types::messaging::{Target, TerminusDurability};
 use fe2o3_amqp::types::primitives::Symbol;
 use fe2o3_amqp::{Connection, Sender, Session};
-use novarpc_amqp::{Connector, Reconnector};
-use novarpc_core::{ConfigError, Password, TransportUrl};
+use novarpc_amqp::{BrokerAddress, Connector, Reconnector};
+use novarpc_core::ConfigError;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::addressing::Node;
 use crate::options::{QpidOptions, SaslMechanism};
 use crate::QpidError;
-
-/// One broker of the transport URL.
-#[derive(Clone)]
-pub(crate) struct BrokerHost {
-    pub(crate) host: String,
-    pub(crate) port: u16,
-    pub(crate) username: String,
-    pub(crate) password: Password,
-    pub(crate) vhost: Option<String>,
-    pub(crate) tls: bool,
-}
-
-impl fmt::Debug for BrokerHost {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.describe())
-    }
-}
-
-impl BrokerHost {
-    fn describe(&self) -> String {
-        format!(
-            "{}://{}@{}:{}",
-            if self.tls { "amqps" } else { "amqp" },
-            self.username,
-            self.host,
-            self.port
-        )
-    }
-}
-
-/// The brokers to use: the transport URL's hosts, or the local broker.
-pub(crate) fn broker_hosts(url: Option<&TransportUrl>, options: &QpidOptions) -> Vec<BrokerHost> {
-    let tls = options.ssl
-        || url.is_some_and(|u| u.scheme == "amqps")
-        || url
-            .and_then(|u| u.query_value("ssl"))
-            .is_some_and(|v| v == "1" || v == "true");
-    let default_port = if tls { 5671 } else { 5672 };
-    let vhost = url
-        .and_then(|u| u.virtual_host.clone())
-        .filter(|v| !v.is_empty() && v != "/");
-    let make =
-        |host: &str, port: Option<u16>, user: Option<&str>, password: Option<&str>| BrokerHost {
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            port: port.unwrap_or(default_port),
-            username: user.unwrap_or("guest").to_owned(),
-            password: Password::new(password.unwrap_or("guest")),
-            vhost: vhost.clone(),
-            tls,
-        };
-    match url {
-        Some(url) if !url.hosts.is_empty() => url
-            .hosts
-            .iter()
-            .map(|h| {
-                make(
-                    &h.hostname,
-                    h.port,
-                    h.username.as_deref(),
-                    h.password.as_ref().map(|p| p.expose()),
-                )
-            })
-            .collect(),
-        _ => vec![make("127.0.0.1", None, None, None)],
-    }
-}
 
 /// TLS settings read from the files the options name (at connect time:
 /// building the configuration does no I/O).
@@ -150,7 +82,8 @@ pub(crate) struct AmqpConnection {
     connection: tokio::sync::Mutex<ConnectionHandle<()>>,
     session: tokio::sync::Mutex<SessionHandle<()>>,
     senders: parking_lot::Mutex<SenderCache>,
-    broken: AtomicBool,
+    /// Cancelled once the connection is known to be unusable.
+    closed: CancellationToken,
     durable_queues: bool,
     pub(crate) description: String,
 }
@@ -197,7 +130,12 @@ pub(crate) fn durability(durable: bool) -> TerminusDurability {
 impl AmqpConnection {
     /// Marks the connection unusable: the next `Reconnector::get` replaces it.
     pub(crate) fn mark_broken(&self) {
-        self.broken.store(true, Ordering::Release);
+        self.closed.cancel();
+    }
+
+    /// Completes once the connection is marked broken or its engine stops.
+    pub(crate) async fn closed(&self) {
+        self.closed.cancelled().await
     }
 
     /// Whether the connection is known to be closed (broken, or its engine
@@ -211,7 +149,7 @@ impl AmqpConnection {
     }
 
     pub(crate) fn is_broken(&self) -> bool {
-        self.broken.load(Ordering::Acquire)
+        self.closed.is_cancelled()
     }
 
     /// Opens a new session on this connection, for receivers: a refused
@@ -352,13 +290,32 @@ impl AmqpConnection {
     }
 }
 
-/// Closes a sender once nobody uses it any more.
+/// Closes an evicted sender once the send holding it (if any) is done; a
+/// sender still shared then goes with its connection instead.
 fn close_sender(sender: SharedSender) {
     tokio::spawn(async move {
-        let sender = sender.lock_owned().await;
-        let sender = tokio::sync::OwnedMutexGuard::mutex(&sender).clone();
+        drop(sender.lock().await);
         if let Ok(sender) = Arc::try_unwrap(sender) {
             let _ = sender.into_inner().close().await;
+        }
+    });
+}
+
+/// fe2o3-amqp tells that a connection's engine stopped only through the
+/// handle, so a watcher looks every 250 ms and cancels `closed`: senders
+/// waiting for an outcome lost with the connection then stop waiting.
+fn watch_engine(connection: std::sync::Weak<AmqpConnection>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let Some(connection) = connection.upgrade() else {
+                return;
+            };
+            if connection.is_closed() {
+                connection.mark_broken();
+                return;
+            }
         }
     });
 }
@@ -389,11 +346,11 @@ impl QpidConnector {
 }
 
 impl Connector for QpidConnector {
-    type Host = BrokerHost;
+    type Host = BrokerAddress;
     type Connection = Arc<AmqpConnection>;
     type Error = QpidError;
 
-    async fn connect(&self, host: &BrokerHost) -> Result<Arc<AmqpConnection>, QpidError> {
+    async fn connect(&self, host: &BrokerAddress) -> Result<Arc<AmqpConnection>, QpidError> {
         let description = host.describe();
         let connect_error = |reason: String| QpidError::Connect {
             broker: description.clone(),
@@ -418,7 +375,11 @@ impl Connector for QpidConnector {
             SaslMechanism::Anonymous => SaslProfile::Anonymous,
         };
         // RabbitMQ picks the virtual host from the open frame's hostname.
-        let hostname = host.vhost.as_ref().map(|v| format!("vhost:{v}"));
+        let hostname = host
+            .virtual_host
+            .as_ref()
+            .filter(|v| !v.is_empty() && *v != "/")
+            .map(|v| format!("vhost:{v}"));
         let builder = Connection::builder()
             .container_id(self.container_id.clone())
             .hostname(hostname.as_deref())
@@ -457,7 +418,7 @@ impl Connector for QpidConnector {
                 .await
                 .map_err(|_| connect_error("no answer to begin".into()))?
                 .map_err(|e| connect_error(format!("begin session: {e}")))?;
-        Ok(Arc::new(AmqpConnection {
+        let connection = Arc::new(AmqpConnection {
             connection: tokio::sync::Mutex::new(connection),
             session: tokio::sync::Mutex::new(session),
             senders: parking_lot::Mutex::new(SenderCache {
@@ -465,17 +426,19 @@ impl Connector for QpidConnector {
                 clock: 0,
                 capacity: self.options.sender_cache_size,
             }),
-            broken: AtomicBool::new(false),
+            closed: CancellationToken::new(),
             durable_queues: self.options.durable_queues,
             description,
-        }))
+        });
+        watch_engine(Arc::downgrade(&connection));
+        Ok(connection)
     }
 
     fn is_usable(&self, connection: &Arc<AmqpConnection>) -> bool {
         !connection.is_closed()
     }
 
-    fn describe(&self, host: &BrokerHost) -> String {
+    fn describe(&self, host: &BrokerAddress) -> String {
         host.describe()
     }
 }

@@ -22,7 +22,7 @@ use crate::QpidError;
 
 /// What a receiver link attaches to.
 #[derive(Clone, Debug)]
-pub(crate) enum Source_ {
+pub(crate) enum ReceiveFrom {
     /// A shared queue (`durable`: survives a broker restart).
     Queue { node: Node, durable: bool },
     /// A copy of every message sent to the node; the broker removes the
@@ -32,22 +32,22 @@ pub(crate) enum Source_ {
     Dynamic,
 }
 
-impl Source_ {
+impl ReceiveFrom {
     fn build(&self) -> Source {
         match self {
-            Source_::Queue { node, durable } => with_capability(
+            ReceiveFrom::Queue { node, durable } => with_capability(
                 Source::builder()
                     .address(node.address.clone())
                     .durable(durability(*durable)),
                 node,
             ),
-            Source_::Multicast { node } => with_capability(
+            ReceiveFrom::Multicast { node } => with_capability(
                 Source::builder()
                     .address(node.address.clone())
                     .expiry_policy(TerminusExpiryPolicy::LinkDetach),
                 node,
             ),
-            Source_::Dynamic => Source::builder()
+            ReceiveFrom::Dynamic => Source::builder()
                 .dynamic(true)
                 .expiry_policy(TerminusExpiryPolicy::LinkDetach)
                 .build(),
@@ -56,8 +56,8 @@ impl Source_ {
 
     fn describe(&self) -> &str {
         match self {
-            Source_::Queue { node, .. } | Source_::Multicast { node } => &node.address,
-            Source_::Dynamic => "(dynamic node)",
+            ReceiveFrom::Queue { node, .. } | ReceiveFrom::Multicast { node } => &node.address,
+            ReceiveFrom::Dynamic => "(dynamic node)",
         }
     }
 }
@@ -137,7 +137,7 @@ impl ReceiverSet {
     /// (for dynamic nodes).
     pub(crate) async fn start(
         broker: Arc<Broker>,
-        sources: Vec<Source_>,
+        sources: Vec<ReceiveFrom>,
         sink: Sink,
         credit: u32,
         stop: CancellationToken,
@@ -185,7 +185,7 @@ enum Ended {
 
 async fn run(
     broker: Arc<Broker>,
-    sources: Vec<Source_>,
+    sources: Vec<ReceiveFrom>,
     sink: Sink,
     credit: u32,
     stop: CancellationToken,
@@ -237,7 +237,7 @@ async fn run(
 
 async fn receive_round(
     connection: &crate::connection::AmqpConnection,
-    sources: &[Source_],
+    sources: &[ReceiveFrom],
     sink: &Sink,
     credit: u32,
     stop: &CancellationToken,

@@ -90,6 +90,27 @@ pub enum QpidError {
 }
 
 impl QpidError {
+    /// The error for an outcome other than `accepted`.
+    fn from_outcome(outcome: fe2o3_amqp::types::messaging::Outcome, address: &str) -> QpidError {
+        use fe2o3_amqp::types::messaging::Outcome;
+        let address = address.to_owned();
+        match outcome {
+            Outcome::Rejected(rejected) => QpidError::Rejected {
+                address,
+                reason: rejected
+                    .error
+                    .map(|e| format!("{:?}: {}", e.condition, e.description.unwrap_or_default()))
+                    .unwrap_or_else(|| "no reason given".into()),
+            },
+            Outcome::Released(_) => QpidError::Released { address },
+            Outcome::Modified(modified) => QpidError::Modified {
+                address,
+                undeliverable_here: modified.undeliverable_here.unwrap_or(false),
+            },
+            other => QpidError::Send(format!("unexpected outcome {other:?} from `{address}`")),
+        }
+    }
+
     /// Whether sending again may succeed.
     fn is_retryable(&self) -> bool {
         !matches!(

@@ -1,5 +1,4 @@
 use std::path::PathBuf;
-use std::time::Duration;
 
 use novarpc_amqp::{FailoverStrategy, RetryPolicy};
 use novarpc_core::{Config, ConfigError};
@@ -88,24 +87,17 @@ impl Default for QpidOptions {
     }
 }
 
-fn seconds(config: &Config, key: &str, value: f64) -> Result<(), ConfigError> {
-    if (0.0..1e9).contains(&value) {
-        Ok(())
-    } else {
-        Err(config.invalid(
-            "qpid",
-            key,
-            format!("must be a non-negative number of seconds, got {value}"),
-        ))
-    }
-}
-
 impl QpidOptions {
     /// Parses `[qpid]` and checks values; reads no files.
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
         let options: QpidOptions = config.section("qpid")?;
-        seconds(config, "retry_interval", options.retry_interval)?;
-        seconds(config, "retry_interval_max", options.retry_interval_max)?;
+        RetryPolicy::from_options(
+            config,
+            "qpid",
+            options.retry_interval,
+            options.retry_interval_max,
+            options.max_retries,
+        )?;
         if options.link_credit == 0 {
             return Err(config.invalid(
                 "qpid",
@@ -127,11 +119,11 @@ impl QpidOptions {
     }
 
     pub fn retry_policy(&self) -> RetryPolicy {
-        RetryPolicy {
-            interval: Duration::from_secs_f64(self.retry_interval),
-            max_interval: Duration::from_secs_f64(self.retry_interval_max),
-            max_retries: Some(self.max_retries),
-        }
+        RetryPolicy::from_secs_f64(
+            self.retry_interval,
+            self.retry_interval_max,
+            self.max_retries,
+        )
     }
 }
 

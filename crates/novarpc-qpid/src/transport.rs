@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fe2o3_amqp::types::messaging::{Data, Header, Message, Outcome, Properties};
 use fe2o3_amqp::Sendable;
-use novarpc_amqp::{ensure, ReplyReceiver, ReplyRegistry, RetryPolicy};
+use novarpc_amqp::{broker_addresses, ensure, ReplyReceiver, ReplyRegistry, RetryPolicy};
 use novarpc_core::envelope::{self, CallHeader, Request};
 use novarpc_core::transport::{Capabilities, Listener, Transport};
 use novarpc_core::{CommonOptions, Config, Error, Priority, Result, Target};
@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, OnceCell};
 use tokio_util::sync::CancellationToken;
 
 use crate::addressing::{fanout_key, topic_queue, Node, ReplyNode};
-use crate::connection::{broker_hosts, AmqpConnection, Broker, QpidConnector};
-use crate::consumer::{QpidListener, ReceiverSet, Sink, Source_};
+use crate::connection::{AmqpConnection, Broker, QpidConnector};
+use crate::consumer::{QpidListener, ReceiveFrom, ReceiverSet, Sink};
 use crate::options::QpidOptions;
 use crate::{QpidError, BACKEND, CAPABILITIES};
 
@@ -117,7 +117,7 @@ impl QpidTransport {
         let options = QpidOptions::from_config(config)?;
         let common = config.common().clone();
         let make_broker = |purpose: &str| {
-            let hosts = broker_hosts(common.transport_url.as_ref(), &options);
+            let hosts = broker_addresses(common.transport_url.as_ref(), options.ssl);
             let ring = novarpc_amqp::HostRing::new(hosts, options.failover_strategy);
             Broker::new(
                 QpidConnector::new(options.clone(), purpose),
@@ -172,6 +172,15 @@ impl QpidTransport {
             .expect("the send semaphore is never closed")
     }
 
+    /// How casts and notifications are sent (`publisher_confirms`).
+    fn cast_settlement(&self) -> Settlement {
+        if self.shared.options.publisher_confirms {
+            Settlement::Confirmed
+        } else {
+            Settlement::PreSettled
+        }
+    }
+
     fn exchange<'a>(&'a self, target: &'a Target) -> &'a str {
         target.exchange_or(&self.shared.common.control_exchange)
     }
@@ -192,92 +201,13 @@ impl QpidTransport {
             policy,
             give_up_at,
         } = outgoing;
-        let broker = &self.shared.senders;
         let sendable = Sendable::builder()
             .message(message)
             .settled(settlement == Settlement::PreSettled)
             .build();
         ensure(
             &policy,
-            |_| {
-                let sendable = &sendable;
-                async move {
-                    let (generation, connection) = self.send_connection().await?;
-                    let sender = match connection.sender(node, durable_node).await {
-                        Ok(sender) => sender,
-                        Err(error) => {
-                            broker.reset(generation).await;
-                            return Err(error);
-                        }
-                    };
-                    // A link without credit waits for the broker's flow; a
-                    // broker that never grants it is treated as gone.
-                    let sent = tokio::time::timeout(
-                        OUTCOME_WAIT,
-                        async { sender.lock().await.send_batchable_ref(sendable).await },
-                    )
-                    .await;
-                    let sent = match sent {
-                        Ok(sent) => sent,
-                        Err(_) => {
-                            connection.drop_sender(&node.address);
-                            connection.mark_broken();
-                            broker.reset(generation).await;
-                            return Err(QpidError::Send(format!(
-                                "no link credit from the broker within {OUTCOME_WAIT:?}"
-                            )));
-                        }
-                    };
-                    let settled = match sent {
-                        Ok(settled) => settled,
-                        Err(error) => {
-                            connection.drop_sender(&node.address);
-                            if matches!(error, fe2o3_amqp::link::SendError::MessageSizeExceeded(_)) {
-                                return Err(QpidError::TooLarge(error.to_string()));
-                            }
-                            connection.mark_broken();
-                            broker.reset(generation).await;
-                            return Err(QpidError::Send(error.to_string()));
-                        }
-                    };
-                    if settlement == Settlement::PreSettled {
-                        return Ok(());
-                    }
-                    let Some(outcome) = outcome_or_lost_connection(settled, &connection).await else {
-                        connection.drop_sender(&node.address);
-                        connection.mark_broken();
-                        broker.reset(generation).await;
-                        return Err(QpidError::Send(format!(
-                            "no outcome from the broker (connection lost, or none within {OUTCOME_WAIT:?})"
-                        )));
-                    };
-                    match outcome {
-                        Ok(Outcome::Accepted(_)) => Ok(()),
-                        Ok(Outcome::Rejected(rejected)) => Err(QpidError::Rejected {
-                            address: node.address.clone(),
-                            reason: rejected
-                                .error
-                                .map(|e| format!("{:?}: {}", e.condition, e.description.unwrap_or_default()))
-                                .unwrap_or_else(|| "no reason given".into()),
-                        }),
-                        Ok(Outcome::Released(_)) => Err(QpidError::Released {
-                            address: node.address.clone(),
-                        }),
-                        Ok(Outcome::Modified(modified)) => Err(QpidError::Modified {
-                            address: node.address.clone(),
-                            undeliverable_here: modified.undeliverable_here.unwrap_or(false),
-                        }),
-                        #[allow(unreachable_patterns)]
-                        Ok(other) => Err(QpidError::Send(format!("unexpected outcome {other:?}"))),
-                        Err(error) => {
-                            connection.drop_sender(&node.address);
-                            connection.mark_broken();
-                            broker.reset(generation).await;
-                            Err(QpidError::Send(error.to_string()))
-                        }
-                    }
-                }
-            },
+            |_| self.try_send(node, durable_node, &sendable, settlement),
             |error, attempt| {
                 let retry = error.is_retryable() && give_up_at.is_none_or(|at| Instant::now() < at);
                 tracing::warn!(%error, attempt, address = %node.address, retry, "send failed");
@@ -295,6 +225,68 @@ impl QpidTransport {
                 }
             }
         })
+    }
+
+    /// One attempt of `deliver`. A failure of the link or connection marks
+    /// the connection broken, so the next attempt starts afresh.
+    async fn try_send(
+        &self,
+        node: &Node,
+        durable_node: bool,
+        sendable: &Sendable<Data>,
+        settlement: Settlement,
+    ) -> std::result::Result<(), QpidError> {
+        enum Failed {
+            Send(fe2o3_amqp::link::SendError),
+            ConnectionLost,
+        }
+        let broker = &self.shared.senders;
+        let (generation, connection) = self.send_connection().await?;
+        let sender = match connection.sender(node, durable_node).await {
+            Ok(sender) => sender,
+            Err(error) => {
+                broker.reset(generation).await;
+                return Err(error);
+            }
+        };
+        // One deadline covers waiting for link credit and then for the
+        // outcome; an outcome lost with its connection never arrives, so a
+        // closed connection ends the wait at once.
+        let attempt = tokio::time::timeout(OUTCOME_WAIT, async {
+            let settled = sender
+                .lock()
+                .await
+                .send_batchable_ref(sendable)
+                .await
+                .map_err(Failed::Send)?;
+            if settlement == Settlement::PreSettled {
+                return Ok(None);
+            }
+            tokio::select! {
+                outcome = settled => outcome.map(Some).map_err(Failed::Send),
+                _ = connection.closed() => Err(Failed::ConnectionLost),
+            }
+        })
+        .await;
+        let error = match attempt {
+            Ok(Ok(None)) | Ok(Ok(Some(Outcome::Accepted(_)))) => return Ok(()),
+            Ok(Ok(Some(outcome))) => return Err(QpidError::from_outcome(outcome, &node.address)),
+            Ok(Err(Failed::Send(error @ fe2o3_amqp::link::SendError::MessageSizeExceeded(_)))) => {
+                connection.drop_sender(&node.address);
+                return Err(QpidError::TooLarge(error.to_string()));
+            }
+            Ok(Err(Failed::Send(error))) => QpidError::Send(error.to_string()),
+            Ok(Err(Failed::ConnectionLost)) => {
+                QpidError::Send("the connection was lost before the broker's outcome".into())
+            }
+            Err(_) => QpidError::Send(format!(
+                "no link credit or outcome from the broker within {OUTCOME_WAIT:?}"
+            )),
+        };
+        connection.drop_sender(&node.address);
+        connection.mark_broken();
+        broker.reset(generation).await;
+        Err(error)
     }
 
     /// The senders' connection. Every send comes here: the live one is kept
@@ -328,14 +320,12 @@ impl QpidTransport {
             .get_or_try_init(|| async {
                 let name = format!("reply_{}", envelope::new_unique_id());
                 let source = match shared.options.addressing.reply(&name) {
-                    ReplyNode::Named(node) => match shared.options.addressing {
-                        crate::AddressingProfile::Rabbitmq4 => Source_::Queue {
-                            node,
-                            durable: false,
-                        },
-                        _ => Source_::Multicast { node },
+                    ReplyNode::Queue(node) => ReceiveFrom::Queue {
+                        node,
+                        durable: false,
                     },
-                    ReplyNode::Dynamic => Source_::Dynamic,
+                    ReplyNode::Multicast(node) => ReceiveFrom::Multicast { node },
+                    ReplyNode::Dynamic => ReceiveFrom::Dynamic,
                 };
                 let replies = shared.replies.clone();
                 let (receivers, addresses) = ReceiverSet::start(
@@ -363,7 +353,7 @@ impl QpidTransport {
         Ok(address)
     }
 
-    async fn start_listener(&self, sources: Vec<Source_>) -> Result<Box<dyn Listener>> {
+    async fn start_listener(&self, sources: Vec<ReceiveFrom>) -> Result<Box<dyn Listener>> {
         let (tx, rx) = mpsc::channel(self.shared.options.link_credit as usize);
         let (receivers, _) = ReceiverSet::start(
             self.shared.receivers.clone(),
@@ -379,9 +369,9 @@ impl QpidTransport {
         }))
     }
 
-    fn multicast_source(&self, key: &str) -> Result<Source_> {
+    fn multicast_source(&self, key: &str) -> Result<ReceiveFrom> {
         match self.shared.options.addressing.multicast_source(key) {
-            Some(node) => Ok(Source_::Multicast { node }),
+            Some(node) => Ok(ReceiveFrom::Multicast { node }),
             None => Err(Error::Unsupported {
                 backend: BACKEND,
                 operation: "receiving a fanout on this addressing profile (its queues must be declared first)",
@@ -418,17 +408,12 @@ impl Transport for QpidTransport {
             )
         };
         let body = envelope::encode_request(request, None);
-        let settlement = if self.shared.options.publisher_confirms {
-            Settlement::Confirmed
-        } else {
-            Settlement::PreSettled
-        };
         let props = properties(envelope::new_unique_id(), request.method).build();
         Box::pin(self.deliver(Outgoing {
             node: &node,
             durable_node,
             message: message(body, props, true, None),
-            settlement,
+            settlement: self.cast_settlement(),
             policy: self.shared.options.retry_policy(),
             give_up_at: None,
         }))
@@ -474,28 +459,25 @@ impl Transport for QpidTransport {
         Ok(receiver)
     }
 
-    async fn send_reply(&self, reply_q: &str, body: Bytes) -> Result<()> {
+    async fn send_reply(&self, reply_q: &str, msg_id: &str, body: Bytes) -> Result<()> {
         self.check_open()?;
         let _slot = self.send_slot().await;
         let node = Node {
             address: reply_q.to_owned(),
             capability: None,
         };
-        let correlation = reply_correlation(&body);
-        let mut props = Properties::builder().content_type("application/json");
-        if let Some(msg_id) = correlation {
-            props = props.correlation_id(msg_id);
-        }
+        let props = Properties::builder()
+            .content_type("application/json")
+            .correlation_id(msg_id.to_owned());
         // Unsettled, even though the broker accepts a reply whether or not
         // its caller is still there: pre-settled replies on a freshly
         // attached link were occasionally lost (about 1 run in 6 of the
         // conformance suite, with fe2o3-amqp 0.18 and RabbitMQ 3.10).
-        let settlement = Settlement::Confirmed;
         Box::pin(self.deliver(Outgoing {
             node: &node,
             durable_node: false,
             message: message(body, props.build(), false, None),
-            settlement,
+            settlement: Settlement::Confirmed,
             policy: self.shared.options.retry_policy(),
             give_up_at: None,
         }))
@@ -515,17 +497,12 @@ impl Transport for QpidTransport {
         // A shared queue, as oslo's notifier declares: notifications wait
         // for a listener.
         let node = self.anycast(&topic_queue(self.exchange(target), &key));
-        let settlement = if self.shared.options.publisher_confirms {
-            Settlement::Confirmed
-        } else {
-            Settlement::PreSettled
-        };
         let props = properties(envelope::new_unique_id(), &key).build();
         Box::pin(self.deliver(Outgoing {
             node: &node,
             durable_node: true,
             message: message(body, props, true, None),
-            settlement,
+            settlement: self.cast_settlement(),
             policy: self.shared.options.retry_policy(),
             give_up_at: None,
         }))
@@ -537,12 +514,12 @@ impl Transport for QpidTransport {
         self.check_open()?;
         let exchange = self.exchange(target);
         let durable = self.shared.options.durable_queues;
-        let mut sources = vec![Source_::Queue {
+        let mut sources = vec![ReceiveFrom::Queue {
             node: self.anycast(&topic_queue(exchange, &target.topic)),
             durable,
         }];
         if target.server.is_some() {
-            sources.push(Source_::Queue {
+            sources.push(ReceiveFrom::Queue {
                 node: self.anycast(&topic_queue(exchange, &target.routing_key())),
                 durable,
             });
@@ -573,7 +550,7 @@ impl Transport for QpidTransport {
             let exchange = self.exchange(target);
             for priority in priorities {
                 let key = target.notification_key(*priority);
-                sources.push(Source_::Queue {
+                sources.push(ReceiveFrom::Queue {
                     node: self.anycast(&topic_queue(exchange, &key)),
                     durable: self.shared.options.durable_queues,
                 });
@@ -601,40 +578,4 @@ impl Transport for QpidTransport {
         }
         Ok(())
     }
-}
-
-/// The outcome of a delivery, or `None` once its connection is closed (an
-/// outcome lost with its connection never arrives) or after `OUTCOME_WAIT`.
-async fn outcome_or_lost_connection<F: std::future::Future>(
-    settled: F,
-    connection: &crate::connection::AmqpConnection,
-) -> Option<F::Output> {
-    let deadline = tokio::time::sleep(OUTCOME_WAIT);
-    tokio::pin!(settled, deadline);
-    let mut check = tokio::time::interval(Duration::from_millis(250));
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            outcome = &mut settled => return Some(outcome),
-            _ = &mut deadline => return None,
-            _ = check.tick() => if connection.is_closed() { return None },
-        }
-    }
-}
-
-/// The `_msg_id` of an encoded reply, for the AMQP correlation-id.
-fn reply_correlation(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Outer<'a> {
-        #[serde(rename = "oslo.message", borrow)]
-        message: std::borrow::Cow<'a, str>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Inner {
-        #[serde(rename = "_msg_id")]
-        msg_id: Option<String>,
-    }
-    let outer: Outer = serde_json::from_slice(body).ok()?;
-    let inner: Inner = serde_json::from_str(&outer.message).ok()?;
-    inner.msg_id
 }

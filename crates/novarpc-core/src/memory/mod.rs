@@ -221,7 +221,7 @@ impl Transport for MemoryTransport {
         Ok(receiver)
     }
 
-    async fn send_reply(&self, reply_q: &str, body: Bytes) -> Result<()> {
+    async fn send_reply(&self, reply_q: &str, _msg_id: &str, body: Bytes) -> Result<()> {
         self.check_open()?;
         if self.broker.deliver_reply(reply_q, &body) {
             Ok(())
