@@ -1,10 +1,8 @@
 //! The backends the suite knows how to build.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use bytes::Bytes;
-use novarpc::memory::MemoryTransport;
+use novarpc::memory::MemoryDriver;
 use novarpc::Transport;
 
 use crate::Backend;
@@ -13,7 +11,7 @@ use crate::Backend;
 /// registry like any configured backend.
 pub struct MemoryBackend {
     config: novarpc::Config,
-    raw: MemoryTransport,
+    raw: MemoryDriver,
 }
 
 pub fn memory() -> MemoryBackend {
@@ -23,7 +21,7 @@ pub fn memory() -> MemoryBackend {
     );
     let config =
         novarpc::Config::from_toml_str(&text, "<conformance memory>").expect("valid config");
-    let raw = MemoryTransport::from_config(&config).expect("memory transport");
+    let raw = MemoryDriver::from_config(&config).expect("memory transport");
     MemoryBackend { config, raw }
 }
 
@@ -33,7 +31,7 @@ impl Backend for MemoryBackend {
         "memory"
     }
 
-    async fn transport(&self) -> anyhow::Result<Arc<dyn Transport>> {
+    async fn transport(&self) -> anyhow::Result<Transport> {
         Ok(novarpc::connect(&self.config).await?)
     }
 
@@ -75,8 +73,13 @@ pub fn kombu() -> KombuBackend {
 
 /// The kombu backend with these `[kombu]` options (TOML lines).
 pub fn kombu_with(kombu_options: &str) -> KombuBackend {
+    kombu_full("", kombu_options)
+}
+
+/// The kombu backend with these `[DEFAULT]` and `[kombu]` options (TOML lines).
+pub fn kombu_full(default_options: &str, kombu_options: &str) -> KombuBackend {
     let text = format!(
-        "[DEFAULT]\nrpc_backend = \"kombu\"\ntransport_url = \"{}\"\nrpc_response_timeout = 10\n\n[kombu]\n{kombu_options}\n",
+        "[DEFAULT]\nrpc_backend = \"kombu\"\ntransport_url = \"{}\"\nrpc_response_timeout = 10\n{default_options}\n\n[kombu]\n{kombu_options}\n",
         rabbit_url()
     );
     let config =
@@ -136,7 +139,7 @@ impl Backend for KombuBackend {
         "kombu"
     }
 
-    async fn transport(&self) -> anyhow::Result<Arc<dyn Transport>> {
+    async fn transport(&self) -> anyhow::Result<Transport> {
         novarpc::connect(&self.config)
             .await
             .map_err(|e| anyhow::anyhow!("{e}; {START_RABBITMQ}"))
@@ -200,9 +203,33 @@ pub fn qpid() -> QpidBackend {
 
 /// The qpid backend with these `[qpid]` options (TOML lines).
 pub fn qpid_with(qpid_options: &str) -> QpidBackend {
+    qpid_full("", qpid_options)
+}
+
+/// `[qpid]` lines the environment asks for: `NOVARPC_TEST_AMQP1_ADDRESSING`
+/// (an addressing profile) and `NOVARPC_TEST_AMQP1_SASL` (a SASL mechanism),
+/// so the suite runs against another AMQP 1.0 broker with no code change.
+pub fn amqp1_env_options() -> String {
+    let mut lines = String::new();
+    if let Ok(profile) = std::env::var("NOVARPC_TEST_AMQP1_ADDRESSING") {
+        lines.push_str(&format!("addressing = \"{profile}\"\n"));
+    }
+    if let Ok(mechanism) = std::env::var("NOVARPC_TEST_AMQP1_SASL") {
+        lines.push_str(&format!(
+            "sasl_mechanism = \"{}\"\n",
+            mechanism.to_uppercase()
+        ));
+    }
+    lines
+}
+
+/// The qpid backend with these `[DEFAULT]` and `[qpid]` options (TOML lines),
+/// plus what the environment asks for ([`amqp1_env_options`]).
+pub fn qpid_full(default_options: &str, qpid_options: &str) -> QpidBackend {
     let text = format!(
-        "[DEFAULT]\nrpc_backend = \"qpid\"\ntransport_url = \"{}\"\nrpc_response_timeout = 10\n\n[qpid]\n{qpid_options}\n",
-        amqp1_url()
+        "[DEFAULT]\nrpc_backend = \"qpid\"\ntransport_url = \"{}\"\nrpc_response_timeout = 10\n{default_options}\n\n[qpid]\n{}{qpid_options}\n",
+        amqp1_url(),
+        amqp1_env_options()
     );
     let config = novarpc::Config::from_toml_str(&text, "<conformance qpid>").expect("valid config");
     QpidBackend { config }
@@ -258,7 +285,7 @@ impl Backend for QpidBackend {
         "qpid"
     }
 
-    async fn transport(&self) -> anyhow::Result<Arc<dyn Transport>> {
+    async fn transport(&self) -> anyhow::Result<Transport> {
         novarpc::connect(&self.config)
             .await
             .map_err(|e| anyhow::anyhow!("{e}; {START_AMQP1}"))

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::{unique, Backend};
 use anyhow::{ensure, Context as _, Result};
-use novarpc::{Context, Endpoint, EndpointError, Error, RpcClient, RpcServer, Target};
+use novarpc::{Context, Endpoint, EndpointError, Error, ErrorKind, RpcClient, RpcServer, Target};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::json;
@@ -262,10 +262,16 @@ pub async fn broker_restart(
         .take()
         .context("the impatient cast did not run")?;
     match result {
-        Err(Error::Transport { backend, cause }) if backend == backend_name => {
-            let text = cause.to_string();
-            ensure!(text.contains("gave up after"), "unclear error: {text}");
-            println!("a cast while the broker was down: {text}");
+        Err(error @ Error::Transport { backend, .. }) if backend == backend_name => {
+            // A broker that is away is a temporary failure: it was retried.
+            ensure!(
+                error.kind() == ErrorKind::Unreachable && error.is_temporary(),
+                "a cast while the broker was down: {error:?}"
+            );
+            println!(
+                "a cast while the broker was down: {}",
+                novarpc::error_chain(&error)
+            );
         }
         other => anyhow::bail!("a cast while the broker was down gave {other:?}"),
     }
@@ -284,4 +290,185 @@ pub async fn forced_close(
         || async { rabbitmqctl(&["close_all_connections", "novarpc fault test"]).await },
     )
     .await
+}
+
+/// How late a call or cast may end after its deadline (scheduling on a
+/// loaded 2-core machine, the broker's own work).
+const DEADLINE_MARGIN: Duration = Duration::from_millis(750);
+
+/// What one call or cast of [`deadlines_hold`] did.
+struct Ended {
+    elapsed: Duration,
+    kind: Option<ErrorKind>,
+}
+
+/// Many calls in flight (and a stream of casts) through `fault`: every call
+/// ends by its timeout plus [`DEADLINE_MARGIN`], counted from the moment
+/// `call` was invoked, and every cast by `send_timeout` plus the margin,
+/// whatever the broker does; and the servers come back afterwards.
+/// `make_backend` gets `[DEFAULT]` lines and driver lines.
+pub async fn deadlines_hold<F, Fut>(
+    name: &str,
+    make_backend: &dyn Fn(&str, &str) -> Box<dyn Backend>,
+    driver_options: &str,
+    fault: F,
+) -> Result<()>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    const CALL: Duration = Duration::from_secs(2);
+    const SEND: Duration = Duration::from_secs(2);
+    const IN_FLIGHT: usize = 24;
+    let _broker = BROKER.lock().await;
+    crate::init_tracing();
+    let backend = make_backend(
+        &format!("send_timeout = {}", SEND.as_secs_f64()),
+        driver_options,
+    );
+    let exchange = unique("deadline_ex");
+    let topic = unique("deadline");
+    let server = RpcServer::builder(
+        backend.transport().await?,
+        Target::new(&topic).exchange(&exchange).server("h1"),
+    )
+    .endpoint(
+        Endpoint::new()
+            .method("add", |_ctx, a: Add| async move {
+                Ok::<_, EndpointError>(a.a + a.b)
+            })
+            .method("record", |_ctx, _: Record| async move {
+                Ok::<_, EndpointError>(())
+            }),
+    )
+    .start()
+    .await?;
+    let client_transport = backend.transport().await?;
+    let client = RpcClient::new(
+        client_transport.clone(),
+        Target::new(&topic).exchange(&exchange),
+    )
+    .timeout(CALL);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut workers = Vec::new();
+    for worker in 0..=IN_FLIGHT {
+        let client = client.clone();
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let mut ended = Vec::new();
+            let ctx = Context::new();
+            let mut i = 0i64;
+            while !stop.is_cancelled() {
+                let started = tokio::time::Instant::now();
+                // Worker 0 casts; the others call.
+                let result = if worker == 0 {
+                    client.cast(&ctx, "record", &json!({"value": i})).await
+                } else {
+                    client
+                        .call::<i64, _>(&ctx, "add", &json!({"a": i, "b": 1}))
+                        .await
+                        .map(|_| ())
+                };
+                let kind = result.err().map(|e| e.kind());
+                ended.push(Ended {
+                    elapsed: started.elapsed(),
+                    kind,
+                });
+                if kind.is_some() {
+                    // Failing fast must not become a busy loop.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                i += 1;
+            }
+            (worker, ended)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let faulted = fault().await;
+    if faulted.is_err() {
+        let _ = start_broker().await;
+    }
+    faulted?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.cancel();
+    let mut calls = Vec::new();
+    let mut casts = Vec::new();
+    for worker in workers {
+        // A worker stuck past every deadline is the failure this looks for.
+        let (index, ended) = tokio::time::timeout(CALL + SEND + Duration::from_secs(5), worker)
+            .await
+            .with_context(|| format!("{name}: a call or cast hung past its deadline"))??;
+        if index == 0 {
+            casts.extend(ended);
+        } else {
+            calls.extend(ended);
+        }
+    }
+    let summary = |what: &str, ended: &[Ended]| {
+        let failed: Vec<_> = ended.iter().filter_map(|e| e.kind).collect();
+        let slowest = ended.iter().map(|e| e.elapsed).max().unwrap_or_default();
+        let mut kinds: Vec<String> = failed.iter().map(|k| k.to_string()).collect();
+        kinds.sort();
+        kinds.dedup();
+        println!(
+            "{name}: {} {what}, {} failed ({}), slowest {slowest:?}",
+            ended.len(),
+            failed.len(),
+            kinds.join(", ")
+        );
+        slowest
+    };
+    let slowest_call = summary("calls", &calls);
+    let slowest_cast = summary("casts", &casts);
+    ensure!(
+        slowest_call <= CALL + DEADLINE_MARGIN,
+        "{name}: a call with a {CALL:?} timeout took {slowest_call:?}"
+    );
+    ensure!(
+        slowest_cast <= SEND + DEADLINE_MARGIN,
+        "{name}: a cast with a {SEND:?} send timeout took {slowest_cast:?}"
+    );
+    for ended in calls.iter().chain(&casts) {
+        if let Some(kind) = ended.kind {
+            ensure!(
+                matches!(
+                    kind,
+                    ErrorKind::Timeout | ErrorKind::Unreachable | ErrorKind::Busy
+                ),
+                "{name}: an outage gave a permanent-looking error: {kind}"
+            );
+        }
+    }
+    // The servers come back by themselves.
+    let mut recovered = false;
+    for _ in 0..40 {
+        if let Ok(2) = client
+            .call::<i64, _>(&Context::new(), "add", &json!({"a": 1, "b": 1}))
+            .await
+        {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    ensure!(recovered, "{name}: the server did not come back");
+    server.stop().await?;
+    client_transport.cleanup().await?;
+    backend
+        .remove_topology(&[topic.clone(), format!("{topic}.h1")], &[exchange])
+        .await
+}
+
+/// `rabbitmqctl stop_app` for 5 s, then `start_app`.
+pub async fn stop_for_a_while() -> Result<()> {
+    rabbitmqctl(&["stop_app"]).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    start_broker().await
+}
+
+/// A memory alarm for 5 s: the broker blocks every publishing connection.
+pub async fn memory_alarm() -> Result<()> {
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]).await
 }

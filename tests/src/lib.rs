@@ -24,7 +24,6 @@ pub mod faults;
 pub mod python;
 pub mod suite;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,7 +36,7 @@ pub trait Backend: Send + Sync + 'static {
 
     /// A fresh transport; transports of one backend value share the broker (as
     /// processes share RabbitMQ), so a client and servers can meet.
-    async fn transport(&self) -> anyhow::Result<Arc<dyn Transport>>;
+    async fn transport(&self) -> anyhow::Result<Transport>;
 
     /// Puts raw bytes on `exchange` with `routing_key`, bypassing novarpc.
     async fn publish_raw(
@@ -117,12 +116,7 @@ pub fn unique(prefix: &str) -> String {
 
 /// Logs to the test output (once per process), honouring `RUST_LOG`.
 pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    novarpc::logging::init_for_tests("warn");
 }
 
 /// Generates one `#[tokio::test]` per suite test for a backend expression,
@@ -159,7 +153,11 @@ macro_rules! conformance_suite {
             large_and_unicode_payloads_survive,
             malformed_message_is_rejected_and_server_keeps_serving,
             panicking_handler_becomes_remote_error,
-            cleanup_fails_waiting_and_later_calls,
+            transport_cleanup_fails_waiting_and_later_calls,
+            client_cleanup_affects_only_that_client,
+            cast_to_unserved_topic_waits_for_its_first_server,
+            unsupported_operations_fail_before_sending,
+            hung_handlers_time_out_and_stop_is_bounded,
         );
     };
     (@tests $backend:expr, $attr:tt; $($test:ident),* $(,)?) => {

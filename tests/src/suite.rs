@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context as _, Result};
 use futures::StreamExt;
 use novarpc::{
-    Context, Endpoint, EndpointError, Error, NotificationListener, Notifier, Priority, RpcClient,
-    RpcServer, Target, Transport, Version,
+    Context, Endpoint, EndpointError, Error, ErrorKind, NotificationListener, Notifier, Priority,
+    RpcClient, RpcServer, Target, Transport, Version,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -103,7 +103,7 @@ struct Fixture<'b> {
     hosts: Vec<String>,
     exchange: String,
     topic: String,
-    client_transport: Arc<dyn Transport>,
+    client_transport: Transport,
     records: mpsc::UnboundedReceiver<Record>,
     records_tx: mpsc::UnboundedSender<Record>,
     servers: Vec<RpcServer>,
@@ -845,7 +845,7 @@ pub async fn panicking_handler_becomes_remote_error(backend: &dyn Backend) -> Re
     f.stop().await
 }
 
-pub async fn cleanup_fails_waiting_and_later_calls(backend: &dyn Backend) -> Result<()> {
+pub async fn transport_cleanup_fails_waiting_and_later_calls(backend: &dyn Backend) -> Result<()> {
     let f = Fixture::new(backend).await?;
     let client = f.client();
     let waiting = tokio::spawn({
@@ -857,23 +857,184 @@ pub async fn cleanup_fails_waiting_and_later_calls(backend: &dyn Backend) -> Res
         }
     });
     tokio::time::sleep(backend.settle_time()).await;
-    client.cleanup().await?;
+    client.transport().cleanup().await?;
     let result = tokio::time::timeout(WAIT, waiting)
         .await
         .context("a waiting call hung after cleanup")??;
     ensure!(
-        matches!(result, Err(Error::Closed)),
+        matches!(&result, Err(e) if e.kind() == ErrorKind::Closed),
         "a waiting call got {result:?}"
     );
     let result: novarpc::Result<Value> = client.call(&ctx(), "echo", &json!({"value": 1})).await;
     ensure!(
-        matches!(result, Err(Error::Closed)),
+        matches!(&result, Err(e) if e.kind() == ErrorKind::Closed),
         "a call after cleanup got {result:?}"
     );
     let result = client.cast(&ctx(), "echo", &json!({"value": 1})).await;
     ensure!(
-        matches!(result, Err(Error::Closed)),
+        matches!(&result, Err(e) if e.kind() == ErrorKind::Closed),
         "a cast after cleanup got {result:?}"
     );
     Ok(())
+}
+
+pub async fn client_cleanup_affects_only_that_client(backend: &dyn Backend) -> Result<()> {
+    let mut f = Fixture::new(backend).await?;
+    f.serve(backend, "h1").await?;
+    let c1 = f.client();
+    let c2 = f.client();
+    c1.cleanup().await?;
+    let result: novarpc::Result<Value> = c1.call(&ctx(), "echo", &json!({"value": 1})).await;
+    ensure!(
+        matches!(&result, Err(e) if e.kind() == ErrorKind::Closed),
+        "c1 after its cleanup got {result:?}"
+    );
+    let value: Value = c2.call(&ctx(), "echo", &json!({"value": 2})).await?;
+    ensure!(value == json!(2), "c2 after c1's cleanup got {value}");
+    f.stop().await
+}
+
+/// The contract's semantics for casts nobody serves yet: accepted promptly,
+/// queued for the target's first server; a fanout with no listener is dropped.
+pub async fn cast_to_unserved_topic_waits_for_its_first_server(
+    backend: &dyn Backend,
+) -> Result<()> {
+    let mut f = Fixture::new(backend).await?;
+    let client = f.client();
+    let started = Instant::now();
+    client
+        .cast(&ctx(), "record", &json!({"value": "early"}))
+        .await?;
+    client
+        .prepare()
+        .server("h1")
+        .cast(&ctx(), "record", &json!({"value": "early-h1"}))
+        .await?;
+    let fanout = client.transport().capabilities().fanout;
+    if fanout {
+        client
+            .fanout_cast(&ctx(), "record", &json!({"value": "fanout-early"}))
+            .await?;
+    }
+    ensure!(
+        started.elapsed() < Duration::from_secs(2),
+        "casts nobody serves took {:?}",
+        started.elapsed()
+    );
+    f.hosts.push("h1".into());
+    f.serve(backend, "h1").await?;
+    let mut seen: Vec<Value> = Vec::new();
+    for _ in 0..2 {
+        seen.push(f.next_record().await?.1);
+    }
+    seen.sort_by_key(|v| v.to_string());
+    ensure!(
+        seen == vec![json!("early"), json!("early-h1")],
+        "the first server got {seen:?}"
+    );
+    let late = f.drain_records(backend.settle_time() * 2).await;
+    ensure!(late.is_empty(), "unexpected deliveries: {late:?}");
+    f.stop().await
+}
+
+/// What the transport says it cannot do fails with `Unsupported` before
+/// anything is sent.
+pub async fn unsupported_operations_fail_before_sending(backend: &dyn Backend) -> Result<()> {
+    let f = Fixture::new(backend).await?;
+    let caps = f.client_transport.capabilities();
+    let client = f.client();
+    let unsupported = |what: &str, result: novarpc::Result<()>| -> Result<()> {
+        ensure!(
+            matches!(&result, Err(e) if e.kind() == ErrorKind::Unsupported),
+            "{what} on a transport without it gave {result:?}"
+        );
+        Ok(())
+    };
+    if !caps.fanout {
+        unsupported("fanout", client.fanout_cast(&ctx(), "x", &json!({})).await)?;
+    }
+    if !caps.fanout_to_server {
+        unsupported(
+            "fanout to a server",
+            client
+                .fanout_cast_to_server(&ctx(), "h1", "x", &json!({}))
+                .await,
+        )?;
+    }
+    if !caps.call {
+        unsupported(
+            "call",
+            client
+                .call::<Value, _>(&ctx(), "x", &json!({}))
+                .await
+                .map(|_| ()),
+        )?;
+    }
+    if !caps.notification_pools {
+        let started = NotificationListener::start(
+            &f.client_transport,
+            &[f.target()],
+            &[Priority::Info],
+            Some("pool"),
+        )
+        .await;
+        unsupported("notification pools", started.map(|_| ()))?;
+    }
+    if !caps.taps {
+        unsupported(
+            "taps",
+            f.client_transport.tap(&f.target()).await.map(|_| ()),
+        )?;
+    }
+    f.stop().await
+}
+
+/// A handler that never returns fails its call after the server's handler
+/// timeout, and a server stop waits no longer than its grace period.
+pub async fn hung_handlers_time_out_and_stop_is_bounded(backend: &dyn Backend) -> Result<()> {
+    let mut f = Fixture::new(backend).await?;
+    f.hosts.push("h1".into());
+    let hang = || {
+        Endpoint::new().method("hang", |_ctx, _: NoArgs| async move {
+            std::future::pending::<()>().await;
+            Ok::<_, EndpointError>(())
+        })
+    };
+    let transport = backend.transport().await?;
+    let server = RpcServer::builder(transport.clone(), f.target().server("h1"))
+        .endpoint(hang())
+        .handler_timeout(Duration::from_millis(300))
+        .start()
+        .await?;
+    let started = Instant::now();
+    let result: novarpc::Result<Value> = f.client().call(&ctx(), "hang", &json!({})).await;
+    match &result {
+        Err(Error::Remote(failure)) if failure.class == "MessagingTimeout" => {}
+        other => anyhow::bail!("a hung handler gave {other:?}"),
+    }
+    ensure!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    server.stop().await?;
+    // No handler timeout: the grace period bounds the stop.
+    let server = RpcServer::builder(transport.clone(), f.target().server("h1"))
+        .endpoint(hang())
+        .grace_period(Duration::from_millis(300))
+        .start()
+        .await?;
+    f.client().cast(&ctx(), "hang", &json!({})).await?;
+    tokio::time::sleep(backend.settle_time()).await;
+    let stopping = Instant::now();
+    tokio::time::timeout(WAIT, server.stop())
+        .await
+        .context("stop did not return while a handler hung")??;
+    ensure!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "stop took {:?}",
+        stopping.elapsed()
+    );
+    transport.cleanup().await?;
+    f.stop().await
 }

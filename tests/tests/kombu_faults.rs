@@ -22,3 +22,31 @@ async fn broker_restart_during_calls_and_casts() -> Result<()> {
 async fn forced_close_of_all_connections_during_calls_and_casts() -> Result<()> {
     faults::forced_close(&kombu, PATIENT).await
 }
+
+fn kombu_full(default: &str, options: &str) -> Box<dyn Backend> {
+    Box::new(novarpc_conformance::backends::kombu_full(default, options))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ (and stops it): run ./scripts/test"]
+async fn calls_and_casts_end_by_their_deadline_through_a_broker_stop() -> Result<()> {
+    faults::deadlines_hold(
+        "kombu broker stop",
+        &kombu_full,
+        PATIENT,
+        faults::stop_for_a_while,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ (and raises a memory alarm): run ./scripts/test"]
+async fn calls_and_casts_end_by_their_deadline_through_a_memory_alarm() -> Result<()> {
+    faults::deadlines_hold(
+        "kombu memory alarm",
+        &kombu_full,
+        PATIENT,
+        faults::memory_alarm,
+    )
+    .await
+}

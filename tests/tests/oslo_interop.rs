@@ -6,9 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
-use novarpc::{
-    Context, Endpoint, EndpointError, Error, RpcClient, RpcServer, Target, Transport, Version,
-};
+use novarpc::{Context, Endpoint, EndpointError, Error, RpcClient, RpcServer, Target, Version};
 use novarpc_conformance::args::{MessageArgs, ValueArgs};
 use novarpc_conformance::backends::kombu;
 use novarpc_conformance::python::{run_client, PythonServer};
@@ -419,6 +417,3 @@ async fn novarpc_server_declares_the_same_topology_as_oslo() -> Result<()> {
         )
         .await
 }
-
-#[allow(dead_code)]
-fn assert_object_safe(_: &dyn Transport) {}

@@ -25,3 +25,19 @@ async fn broker_restart_during_calls_and_casts() -> Result<()> {
 async fn forced_close_of_all_connections_during_calls_and_casts() -> Result<()> {
     faults::forced_close(&qpid, PATIENT).await
 }
+
+fn qpid_full(default: &str, options: &str) -> Box<dyn Backend> {
+    Box::new(novarpc_conformance::backends::qpid_full(default, options))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ with rabbitmq_amqp1_0 (and stops it): run ./scripts/test"]
+async fn calls_and_casts_end_by_their_deadline_through_a_broker_stop() -> Result<()> {
+    faults::deadlines_hold(
+        "qpid broker stop",
+        &qpid_full,
+        PATIENT,
+        faults::stop_for_a_while,
+    )
+    .await
+}

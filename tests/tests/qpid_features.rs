@@ -57,8 +57,12 @@ async fn a_wrong_password_is_a_clear_transport_error() -> Result<()> {
         ),
         "{error:?}"
     );
-    let text = error.to_string();
+    let text = novarpc::error_chain(&error);
     ensure!(!text.contains("wrong"), "the password leaked into: {text}");
+    ensure!(
+        error.kind() == novarpc::ErrorKind::Authentication,
+        "{error:?}"
+    );
     ensure!(
         text.contains("127.0.0.1:5672"),
         "no broker named in: {text}"
@@ -96,10 +100,11 @@ async fn tls_with_a_ca_file_and_a_client_certificate() -> Result<()> {
         ),
         "{error:?}"
     );
-    let text = error.to_string();
+    let text = novarpc::error_chain(&error);
     ensure!(
         text.contains("NotValidForName") || text.contains("not valid for"),
         "not a host-name failure: {text}"
     );
+    ensure!(error.kind() == novarpc::ErrorKind::Tls, "{error:?}");
     Ok(())
 }

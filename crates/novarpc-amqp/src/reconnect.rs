@@ -1,6 +1,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use novarpc_core::Classify;
 use tokio::sync::Mutex;
 
 use crate::ensure::{ensure, Exhausted, RetryPolicy};
@@ -10,7 +11,9 @@ use crate::failover::HostRing;
 pub trait Connector: Send + Sync + 'static {
     type Host: Send + Sync + 'static;
     type Connection: Clone + Send + Sync + 'static;
-    type Error: std::fmt::Display + Send + 'static;
+    /// The connector's error; its classification decides whether connecting
+    /// is tried again (an unreachable broker) or not (refused credentials).
+    type Error: Classify;
 
     fn connect(
         &self,
@@ -95,8 +98,14 @@ impl<K: Connector> Reconnector<K> {
                 }
             },
             |error, attempt| {
-                tracing::warn!(%error, attempt, "cannot connect to the broker; retrying");
-                true
+                let temporary = error.kind().is_temporary();
+                tracing::debug!(
+                    error = %novarpc_core::error_chain(error),
+                    attempt,
+                    temporary,
+                    "cannot connect to the broker"
+                );
+                temporary
             },
         )
         .await?;

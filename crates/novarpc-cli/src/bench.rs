@@ -165,10 +165,7 @@ struct ServerSide {
     received: Arc<AtomicU64>,
 }
 
-async fn start_servers(
-    transport: &Arc<dyn Transport>,
-    options: &BenchOptions,
-) -> Result<ServerSide> {
+async fn start_servers(transport: &Transport, options: &BenchOptions) -> Result<ServerSide> {
     let received = Arc::new(AtomicU64::new(0));
     let mut servers = Vec::new();
     let mut listener = None;
@@ -222,7 +219,7 @@ async fn start_servers(
 /// Stops the bench servers and removes their queues.
 async fn stop_servers(
     side: ServerSide,
-    transport: &Arc<dyn Transport>,
+    transport: &Transport,
     options: &BenchOptions,
 ) -> Result<()> {
     for server in side.servers {
@@ -241,7 +238,7 @@ async fn stop_servers(
 }
 
 /// Serves the bench topic until interrupted (`--server-only`).
-pub async fn serve(transport: Arc<dyn Transport>, options: &BenchOptions) -> Result<u64> {
+pub async fn serve(transport: Transport, options: &BenchOptions) -> Result<u64> {
     let side = start_servers(&transport, options).await?;
     let received = side.received.clone();
     tokio::signal::ctrl_c().await?;

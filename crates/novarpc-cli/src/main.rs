@@ -8,14 +8,13 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use novarpc::{
-    Context, Endpoint, EndpointError, Error, Notifier, Priority, RpcClient, RpcServer, Target,
-    Transport,
+    Context, Endpoint, EndpointError, Error, ErrorKind, Notifier, Priority, RpcClient, RpcServer,
+    Target, Transport,
 };
 use novarpc_cli::bench::{self, BenchOptions, Mode};
 use novarpc_cli::load::Budget;
@@ -184,17 +183,11 @@ struct Failure {
 }
 
 fn classify(error: anyhow::Error) -> Failure {
-    let code = match error.downcast_ref::<Error>() {
-        Some(Error::Remote(_) | Error::NoSuchMethod { .. } | Error::UnsupportedVersion { .. }) => 1,
-        Some(
-            Error::InvalidTarget(_)
-            | Error::InvalidArguments { .. }
-            | Error::InvalidVersion(_)
-            | Error::VersionCap { .. }
-            | Error::Unsupported { .. },
-        ) => 2,
-        Some(Error::Config(_)) => 3,
-        Some(Error::Timeout { .. }) => 5,
+    let code = match error.downcast_ref::<Error>().map(Error::kind) {
+        Some(ErrorKind::Remote | ErrorKind::NoSuchMethod | ErrorKind::UnsupportedVersion) => 1,
+        Some(ErrorKind::InvalidInput | ErrorKind::VersionCap | ErrorKind::Unsupported) => 2,
+        Some(ErrorKind::Config) => 3,
+        Some(ErrorKind::Timeout) => 5,
         Some(_) => 4,
         None if error.downcast_ref::<novarpc::ConfigError>().is_some() => 3,
         None if error.downcast_ref::<UsageError>().is_some() => 2,
@@ -221,12 +214,7 @@ fn usage(message: impl Into<String>) -> anyhow::Error {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    novarpc::logging::init("warn");
     let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => ExitCode::from(code),
@@ -241,7 +229,9 @@ async fn main() -> ExitCode {
                     eprint!("{}", remote.traceback());
                 }
             } else {
-                eprintln!("novarpc: {:#}", failure.error);
+                // One line: the error and its causes, each said once.
+                let error: &(dyn std::error::Error + 'static) = failure.error.as_ref();
+                eprintln!("novarpc: {}", novarpc::error_chain(error));
             }
             ExitCode::from(failure.code)
         }
@@ -262,7 +252,7 @@ fn load_config(cli: &Cli) -> Result<novarpc::Config> {
     let mut document: toml::Table =
         toml::from_str(&text).map_err(|e| novarpc::ConfigError::Parse {
             origin: origin.clone(),
-            message: e.to_string(),
+            message: novarpc::config::redact_secrets(&e.to_string()),
         })?;
     for setting in &cli.overrides {
         let (path, value) = setting
@@ -285,13 +275,10 @@ fn load_config(cli: &Cli) -> Result<novarpc::Config> {
             .insert(key.to_owned(), value);
     }
     let text = toml::to_string(&document).context("re-serializing the configuration")?;
-    let mut config =
-        novarpc::config::Config::from_toml_str(&text, &format!("{origin} (with --set)"))?;
+    let mut config = novarpc::Config::from_toml_str(&text, &format!("{origin} (with --set)"))?;
     config.apply_overrides(std::env::vars())?;
-    Ok(novarpc::Config::validated(
-        config,
-        &novarpc::Registry::builtin(),
-    )?)
+    novarpc::validate(&config)?;
+    Ok(config)
 }
 
 fn json_arg(text: &str, what: &str) -> Result<Value> {
@@ -328,7 +315,7 @@ fn print_json(value: &Value) -> Result<()> {
     Ok(())
 }
 
-fn client(transport: Arc<dyn Transport>, topic: &str, addressing: &Addressing) -> RpcClient {
+fn client(transport: Transport, topic: &str, addressing: &Addressing) -> RpcClient {
     let mut target = Target::new(topic);
     target.server = addressing.server.clone();
     target.namespace = addressing.namespace.clone();
@@ -632,7 +619,7 @@ fn check_config(config: &novarpc::Config) -> Result<u8> {
     } else {
         "default"
     };
-    let caps = driver.capabilities;
+    let caps = (driver.capabilities)(config)?;
     let mut capabilities = Vec::new();
     for (on, name) in [
         (caps.call, "call"),
@@ -643,6 +630,8 @@ fn check_config(config: &novarpc::Config) -> Result<u8> {
         (caps.notification_pools, "notification-pools"),
         (caps.publisher_confirms, "publisher-confirms"),
         (caps.cross_process, "cross-process"),
+        (caps.taps, "taps"),
+        (caps.serve, "serve"),
     ] {
         if on {
             capabilities.push(name);
@@ -665,6 +654,7 @@ fn check_config(config: &novarpc::Config) -> Result<u8> {
         "rpc_response_timeout = {}",
         common.rpc_response_timeout.as_secs_f64()
     );
+    println!("send_timeout = {}", common.send_timeout.as_secs_f64());
     println!(
         "executor_thread_pool_size = {}",
         common.executor_thread_pool_size
@@ -679,12 +669,15 @@ async fn ping(config: &novarpc::Config, timeout: f64) -> Result<u8> {
     let timeout = Duration::try_from_secs_f64(timeout)
         .map_err(|_| usage("--timeout must be positive seconds"))?;
     let started = Instant::now();
+    let backend = novarpc::Registry::builtin().resolve(config)?.name;
     let transport = tokio::time::timeout(timeout, novarpc::connect(config))
         .await
-        .map_err(|_| Error::Timeout {
-            method: "connect".into(),
-            topic: "-".into(),
-            timeout,
+        .map_err(|_| {
+            Error::transport_of_kind(
+                backend,
+                ErrorKind::Unreachable,
+                format!("no connection to the broker within {timeout:?}"),
+            )
         })??;
     let connected = started.elapsed();
     // Where shared queues cannot be removed, every probe shares one topic

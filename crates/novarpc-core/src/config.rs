@@ -222,6 +222,54 @@ fn redact_netloc(netloc: &str) -> String {
 }
 
 /// Redacts passwords from URL text that may not even parse.
+/// Hides credentials in free text (an error excerpt of a config file): the
+/// password of every `user:password@host` and the value of every key whose
+/// name contains `password`.
+pub fn redact_secrets(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let lower = line.to_ascii_lowercase();
+        if let (Some(key_at), Some(eq)) = (lower.find("password"), line.find('=')) {
+            if key_at < eq {
+                out.push_str(&line[..=eq]);
+                out.push_str(" \"***\"");
+                continue;
+            }
+        }
+        out.push_str(&redact_userinfo(line));
+    }
+    out
+}
+
+/// Replaces the password of each `user:password@` in `line` with `***`.
+fn redact_userinfo(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(at) = rest.find('@') {
+        let before = &rest[..at];
+        let start = before
+            .rfind(|c: char| c.is_whitespace() || "\"'/,=<>|".contains(c))
+            .map_or(0, |i| i + 1);
+        match before[start..].find(':') {
+            Some(colon) => {
+                out.push_str(&before[..start + colon + 1]);
+                out.push_str("***@");
+            }
+            None => {
+                out.push_str(before);
+                out.push('@');
+            }
+        }
+        rest = &rest[at + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The transport URL `text` with its passwords hidden.
 pub fn redact_url_text(text: &str) -> String {
     match text.split_once("://") {
         Some((scheme, rest)) => {
@@ -282,6 +330,10 @@ pub struct CommonOptions {
     pub control_exchange: String,
     /// The timeout of a call that sets none.
     pub rpc_response_timeout: Duration,
+    /// How long a cast, fanout cast or notification may take to be handed to
+    /// the broker (connecting, reconnecting, a blocked connection, confirms)
+    /// before it fails with a timeout instead of waiting out an outage.
+    pub send_timeout: Duration,
     /// How many requests a server handles at once.
     pub executor_thread_pool_size: usize,
 }
@@ -293,6 +345,7 @@ impl Default for CommonOptions {
             transport_url: None,
             control_exchange: "openstack".to_owned(),
             rpc_response_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(30),
             executor_thread_pool_size: 64,
         }
     }
@@ -305,13 +358,23 @@ struct DefaultTable {
     transport_url: Option<toml::Spanned<String>>,
     control_exchange: Option<toml::Spanned<String>>,
     rpc_response_timeout: Option<toml::Spanned<f64>>,
+    send_timeout: Option<toml::Spanned<f64>>,
     executor_thread_pool_size: Option<toml::Spanned<i64>>,
 }
 
-#[derive(Debug)]
 struct Source {
     origin: String,
     text: String,
+}
+
+impl fmt::Debug for Source {
+    // The text holds credentials: show where it came from and its size only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Source")
+            .field("origin", &self.origin)
+            .field("text_len", &self.text.len())
+            .finish()
+    }
 }
 
 /// A loaded configuration: the resolved `[DEFAULT]` options and the text the
@@ -343,6 +406,11 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 impl Config {
+    /// The embedded default: the `memory` backend.
+    pub fn memory() -> Config {
+        Config::default()
+    }
+
     /// Reads a TOML file, then applies `NOVARPC_*` environment overrides.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
@@ -357,9 +425,11 @@ impl Config {
 
     /// Parses TOML text; `origin` names it in errors (a path, `<inline>`, ...).
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        // toml's messages quote the offending line: a password on it must
+        // not reach a terminal or a log.
         let parse_error = |e: toml::de::Error| ConfigError::Parse {
             origin: origin.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+            message: redact_secrets(e.to_string().trim_end()),
         };
         let document: toml::Table = toml::from_str(text).map_err(parse_error)?;
         let mut common = CommonOptions::default();
@@ -395,6 +465,11 @@ impl Config {
                 let seconds = *timeout.get_ref();
                 common.rpc_response_timeout = positive_seconds(seconds)
                     .map_err(|m| invalid(timeout.span(), "rpc_response_timeout", m))?;
+            }
+            if let Some(timeout) = table.send_timeout {
+                let seconds = *timeout.get_ref();
+                common.send_timeout = positive_seconds(seconds)
+                    .map_err(|m| invalid(timeout.span(), "send_timeout", m))?;
             }
             if let Some(size) = table.executor_thread_pool_size {
                 common.executor_thread_pool_size = usize::try_from(*size.get_ref())
@@ -448,6 +523,12 @@ impl Config {
                         .map_err(|_| env_error(format!("`{value}` is not a number of seconds")))?;
                     self.common.rpc_response_timeout =
                         positive_seconds(seconds).map_err(env_error)?;
+                }
+                "NOVARPC_SEND_TIMEOUT" => {
+                    let seconds: f64 = value
+                        .parse()
+                        .map_err(|_| env_error(format!("`{value}` is not a number of seconds")))?;
+                    self.common.send_timeout = positive_seconds(seconds).map_err(env_error)?;
                 }
                 "NOVARPC_EXECUTOR_THREAD_POOL_SIZE" => {
                     self.common.executor_thread_pool_size = value
@@ -584,6 +665,29 @@ fn section_from_str<T: DeserializeOwned>(text: &str, name: &str) -> Result<T, to
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn secrets_never_show_in_debug_or_parse_errors() {
+        let text = "[DEFAULT]\ntransport_url = \"rabbit://nova:s3cret@h1:5672,nova:s3cret@h2/\"\n";
+        let config = Config::from_toml_str(text, "n.toml").unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        // A syntax error on the URL's line: toml quotes the line.
+        let broken = "[DEFAULT]\ntransport_url = \"rabbit://nova:s3cret@h1:5672/\" x\n";
+        let err = Config::from_toml_str(broken, "n.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("n.toml") && !err.contains("s3cret"), "{err}");
+        let broken = "[kombu]\nssl_key_password = \"s3cret\" x\n";
+        let err = Config::from_toml_str(broken, "n.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("s3cret"), "{err}");
+        assert_eq!(
+            redact_secrets("amqp://u:p@h:1/ and u2:p2@h2"),
+            "amqp://u:***@h:1/ and u2:***@h2"
+        );
+    }
+
     use super::*;
 
     #[derive(Debug, Default, Deserialize, PartialEq)]

@@ -1,13 +1,16 @@
-//! Core of novarpc: the [`Transport`] trait every broker driver implements, the
-//! routing [`Target`], the oslo.messaging wire envelope, the RPC client and server
-//! (dispatch by method, namespace and version), notifications, configuration types
-//! and the in-process `memory` driver.
+//! Core of novarpc: the [`Transport`] handle users hold and the [`Driver`]
+//! contract every broker backend implements behind it, the routing [`Target`],
+//! the oslo.messaging wire envelope, the RPC client and server (dispatch by
+//! method, namespace and version), notifications, configuration types, the
+//! classified [`Error`], and the in-process `memory` driver.
 //!
-//! Drivers own routing and reply correlation; everything above the wire
-//! (dispatching, versioning, serialization, request context) lives here once.
+//! Drivers move bytes, route them and correlate replies; everything above the
+//! wire (capability checks, the closed state, deadlines, encoding,
+//! dispatching, versioning, request context) lives here once.
 
 pub mod config;
 pub mod dedup;
+pub mod driver;
 pub mod envelope;
 mod error;
 pub mod memory;
@@ -16,16 +19,17 @@ pub mod reply;
 mod rpc_client;
 mod rpc_server;
 mod target;
-pub mod transport;
+mod transport;
 
 pub use config::{CommonOptions, Config, ConfigError, Password, TransportHost, TransportUrl};
+pub use driver::{Capabilities, Driver};
 pub use envelope::{Context, RemoteFailure};
-pub use error::{Error, Result};
+pub use error::{error_chain, Classify, Error, ErrorKind, Result};
 pub use notify::{Notification, NotificationListener, Notifier, Priority};
 pub use rpc_client::{Replies, RpcClient};
 pub use rpc_server::{Endpoint, EndpointError, RpcServer, RpcServerBuilder};
 pub use target::{Target, Version};
-pub use transport::{Acknowledge, Capabilities, Delivery, DriverDescriptor, Listener, Transport};
+pub use transport::Transport;
 
 /// Unique ids as oslo.messaging writes them: uuid4, 32 lower-case hex digits.
 pub(crate) fn new_uuid_hex() -> String {

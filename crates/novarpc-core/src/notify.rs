@@ -1,13 +1,13 @@
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::driver::Listener;
 use crate::envelope::{self, Context, OutgoingNotification};
 use crate::error::{Error, Result};
 use crate::target::Target;
-use crate::transport::{Listener, Transport};
+use crate::transport::Transport;
 
 /// A notification as a listener receives it.
 pub type Notification = envelope::IncomingNotification;
@@ -92,13 +92,15 @@ impl FromStr for Priority {
 /// (topic `notifications` unless told otherwise).
 #[derive(Clone, Debug)]
 pub struct Notifier {
-    transport: Arc<dyn Transport>,
+    transport: Transport,
     publisher_id: String,
     topics: Vec<Target>,
 }
 
 impl Notifier {
-    pub fn new(transport: Arc<dyn Transport>, publisher_id: impl Into<String>) -> Self {
+    /// A notifier publishing as `publisher_id` (oslo: `service.host`) on
+    /// the `notifications` topic.
+    pub fn new(transport: Transport, publisher_id: impl Into<String>) -> Self {
         Notifier {
             transport,
             publisher_id: publisher_id.into(),
@@ -125,6 +127,7 @@ impl Notifier {
         self
     }
 
+    /// Who the notifications say they come from.
     pub fn publisher_id(&self) -> &str {
         &self.publisher_id
     }
@@ -153,6 +156,29 @@ impl Notifier {
         Ok(())
     }
 
+    /// Sends a notification of priority `AUDIT`.
+    pub async fn audit<P: Serialize + ?Sized>(
+        &self,
+        context: &Context,
+        event_type: &str,
+        payload: &P,
+    ) -> Result<()> {
+        self.notify(context, Priority::Audit, event_type, payload)
+            .await
+    }
+
+    /// Sends a notification of priority `DEBUG`.
+    pub async fn debug<P: Serialize + ?Sized>(
+        &self,
+        context: &Context,
+        event_type: &str,
+        payload: &P,
+    ) -> Result<()> {
+        self.notify(context, Priority::Debug, event_type, payload)
+            .await
+    }
+
+    /// Sends a notification of priority `INFO`.
     pub async fn info<P: Serialize + ?Sized>(
         &self,
         context: &Context,
@@ -163,6 +189,18 @@ impl Notifier {
             .await
     }
 
+    /// Sends a notification of priority `WARN`.
+    pub async fn warn<P: Serialize + ?Sized>(
+        &self,
+        context: &Context,
+        event_type: &str,
+        payload: &P,
+    ) -> Result<()> {
+        self.notify(context, Priority::Warn, event_type, payload)
+            .await
+    }
+
+    /// Sends a notification of priority `ERROR`.
     pub async fn error<P: Serialize + ?Sized>(
         &self,
         context: &Context,
@@ -170,6 +208,28 @@ impl Notifier {
         payload: &P,
     ) -> Result<()> {
         self.notify(context, Priority::Error, event_type, payload)
+            .await
+    }
+
+    /// Sends a notification of priority `CRITICAL`.
+    pub async fn critical<P: Serialize + ?Sized>(
+        &self,
+        context: &Context,
+        event_type: &str,
+        payload: &P,
+    ) -> Result<()> {
+        self.notify(context, Priority::Critical, event_type, payload)
+            .await
+    }
+
+    /// Sends a notification of priority `SAMPLE`.
+    pub async fn sample<P: Serialize + ?Sized>(
+        &self,
+        context: &Context,
+        event_type: &str,
+        payload: &P,
+    ) -> Result<()> {
+        self.notify(context, Priority::Sample, event_type, payload)
             .await
     }
 }
@@ -193,7 +253,7 @@ impl NotificationListener {
     /// `pool`, listeners of the same pool share the messages (one queue per pool);
     /// without one, all listeners share the `<topic>.<priority>` queue.
     pub async fn start(
-        transport: &Arc<dyn Transport>,
+        transport: &Transport,
         targets: &[Target],
         priorities: &[Priority],
         pool: Option<&str>,

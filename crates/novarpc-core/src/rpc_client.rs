@@ -1,4 +1,5 @@
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -21,23 +22,36 @@ use crate::transport::Transport;
 ///
 /// Cheap to clone; [`RpcClient::prepare`] derives a client with another server,
 /// timeout, version, namespace or fanout, as oslo's `prepare()` does.
+///
+/// ```
+/// # async fn demo() -> Result<(), novarpc_core::Error> {
+/// use novarpc_core::{memory::MemoryDriver, CommonOptions, RpcClient, Target, Transport};
+/// let transport = Transport::new(MemoryDriver::new(CommonOptions::default()));
+/// let client = RpcClient::new(transport, Target::new("compute"));
+/// let to_host = client.prepare().server("host1").version("1.3");
+/// assert_eq!(to_host.target().server.as_deref(), Some("host1"));
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct RpcClient {
-    transport: Arc<dyn Transport>,
+    transport: Transport,
     target: Target,
     timeout: Duration,
     version_cap: Option<Version>,
+    /// Set by [`RpcClient::cleanup`]; shared with prepared copies.
+    closed: Arc<AtomicBool>,
 }
 
 impl RpcClient {
     /// A client for `target`, with the transport's `rpc_response_timeout`.
-    pub fn new(transport: Arc<dyn Transport>, target: Target) -> Self {
+    pub fn new(transport: Transport, target: Target) -> Self {
         let timeout = transport.options().rpc_response_timeout;
         RpcClient {
             transport,
             target,
             timeout,
             version_cap: None,
+            closed: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -46,31 +60,37 @@ impl RpcClient {
         self.clone()
     }
 
+    /// Sends to one server (host) of the topic: its `topic.server` queue.
     pub fn server(mut self, server: impl Into<String>) -> Self {
         self.target.server = Some(server.into());
         self
     }
 
+    /// Sends to every server of the topic (casts only).
     pub fn fanout(mut self, fanout: bool) -> Self {
         self.target.fanout = fanout;
         self
     }
 
+    /// The API version requests claim (`MAJOR.MINOR`).
     pub fn version(mut self, version: impl Into<String>) -> Self {
         self.target.version = Some(version.into());
         self
     }
 
+    /// The endpoint namespace requests are for.
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.target.namespace = Some(namespace.into());
         self
     }
 
+    /// Sends on this exchange instead of the control exchange.
     pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
         self.target.exchange = Some(exchange.into());
         self
     }
 
+    /// How long a call waits for its reply, counted from the call on.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -82,12 +102,22 @@ impl RpcClient {
         self
     }
 
+    /// The target requests go to.
     pub fn target(&self) -> &Target {
         &self.target
     }
 
-    pub fn transport(&self) -> &Arc<dyn Transport> {
+    /// The transport the client sends on.
+    pub fn transport(&self) -> &Transport {
         &self.transport
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
     }
 
     /// Whether a message of `version` may be sent under the version cap.
@@ -132,8 +162,10 @@ impl RpcClient {
     where
         A: Serialize + ?Sized,
     {
-        let mut receiver = self.start_call(context, method, args).await?;
+        // The deadline runs from here: connecting, declaring the reply queue
+        // and publishing count against it too.
         let deadline = Instant::now() + self.timeout;
+        let mut receiver = self.start_call(context, method, args, deadline).await?;
         // A streaming endpoint answers a plain call with its last element, as
         // Nova's call did over multicall.
         let mut last_item = None;
@@ -166,10 +198,12 @@ impl RpcClient {
         R: DeserializeOwned + Send + 'static,
         A: Serialize + ?Sized,
     {
-        let receiver = self.start_call(context, method, args).await?;
+        let deadline = Instant::now() + self.timeout;
+        let receiver = self.start_call(context, method, args, deadline).await?;
         let state = MulticallState {
             client: self.clone(),
             receiver,
+            first_deadline: Some(deadline),
             method: method.to_owned(),
             received_items: false,
             done: false,
@@ -196,16 +230,12 @@ impl RpcClient {
         context: &Context,
         method: &str,
         args: &A,
+        deadline: Instant,
     ) -> Result<ReplyReceiver>
     where
         A: Serialize + ?Sized,
     {
-        if !self.transport.capabilities().call {
-            return Err(Error::Unsupported {
-                backend: self.transport.backend(),
-                operation: "call",
-            });
-        }
+        self.check_open()?;
         if self.target.fanout {
             return Err(Error::InvalidTarget("a call cannot be a fanout".into()));
         }
@@ -213,7 +243,7 @@ impl RpcClient {
         let args = serialize_args(method, args)?;
         let request = self.request(context, method, &args);
         self.transport
-            .send_call(&self.target, &request, self.timeout)
+            .start_call(&self.target, &request, deadline, self.timeout)
             .await
     }
 
@@ -278,21 +308,13 @@ impl RpcClient {
         method: &str,
         args: &(impl Serialize + ?Sized),
     ) -> Result<()> {
+        self.check_open()?;
         self.check_target(target)?;
-        let capabilities = self.transport.capabilities();
-        let unsupported = |operation| Error::Unsupported {
-            backend: self.transport.backend(),
-            operation,
-        };
-        if target.fanout && !capabilities.fanout {
-            return Err(unsupported("fanout"));
-        }
-        if target.fanout && target.server.is_some() && !capabilities.fanout_to_server {
-            return Err(unsupported("fanout to a server"));
-        }
+        // Refused before anything is serialized or sent.
+        self.transport.check_cast(target)?;
         let args = serialize_args(method, args)?;
         let request = self.request(context, method, &args);
-        self.transport.send(target, &request).await
+        self.transport.cast(target, &request).await
     }
 
     /// Invokes `method` without waiting for a result, on the client's target
@@ -360,6 +382,7 @@ impl RpcClient {
         event_type: &str,
         payload: &P,
     ) -> Result<()> {
+        self.check_open()?;
         let host = match &self.target.server {
             Some(server) => server.clone(),
             None => gethostname::gethostname().to_string_lossy().into_owned(),
@@ -370,9 +393,12 @@ impl RpcClient {
             .await
     }
 
-    /// Releases the transport's connections and broker resources.
+    /// Ends this client (and the copies [`RpcClient::prepare`] made of it):
+    /// its later operations fail with `Closed`. The transport, and every other
+    /// client on it, stays open; [`Transport::cleanup`] closes connections.
     pub async fn cleanup(&self) -> Result<()> {
-        self.transport.cleanup().await
+        self.closed.store(true, Ordering::Release);
+        Ok(())
     }
 }
 
@@ -400,6 +426,9 @@ fn truncate(s: &str, max: usize) -> &str {
 struct MulticallState {
     client: RpcClient,
     receiver: ReplyReceiver,
+    /// The first reply is due within the call's timeout from the call on;
+    /// each later one within the timeout from the one before.
+    first_deadline: Option<Instant>,
     method: String,
     received_items: bool,
     done: bool,
@@ -407,7 +436,10 @@ struct MulticallState {
 
 impl MulticallState {
     async fn next_item(&mut self) -> Option<Result<Box<RawValue>>> {
-        let deadline = Instant::now() + self.client.timeout;
+        let deadline = self
+            .first_deadline
+            .take()
+            .unwrap_or_else(|| Instant::now() + self.client.timeout);
         let reply = match self
             .client
             .next_reply(&mut self.receiver, deadline, &self.method)

@@ -3,6 +3,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, Stream, StreamExt};
@@ -16,12 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::dedup::DedupCache;
+use crate::driver::{Delivery, Listener};
 use crate::envelope::{
     self, Context, IncomingRequest, RemoteFailure, ReplyBody, DISPATCHER_MODULE,
 };
 use crate::error::{Error, Result};
 use crate::target::{Target, Version};
-use crate::transport::{Delivery, Listener, Transport};
+use crate::transport::Transport;
 
 /// A failure of an endpoint method, sent to the caller as a remote error.
 ///
@@ -263,10 +265,12 @@ impl Dispatcher {
 
 /// Configures and starts an [`RpcServer`].
 pub struct RpcServerBuilder {
-    transport: Arc<dyn Transport>,
+    transport: Transport,
     target: Target,
     endpoints: Vec<Endpoint>,
     executor_size: usize,
+    handler_timeout: Option<Duration>,
+    grace_period: Duration,
 }
 
 impl fmt::Debug for RpcServerBuilder {
@@ -275,11 +279,15 @@ impl fmt::Debug for RpcServerBuilder {
             .field("target", &self.target)
             .field("endpoints", &self.endpoints)
             .field("executor_size", &self.executor_size)
+            .field("handler_timeout", &self.handler_timeout)
+            .field("grace_period", &self.grace_period)
             .finish()
     }
 }
 
 impl RpcServerBuilder {
+    /// Adds an endpoint; requests go to the first one whose namespace and
+    /// version match (oslo's rule).
     pub fn endpoint(mut self, endpoint: Endpoint) -> Self {
         self.endpoints.push(endpoint);
         self
@@ -288,6 +296,21 @@ impl RpcServerBuilder {
     /// How many requests run at once (default: `executor_thread_pool_size`).
     pub fn executor_size(mut self, size: usize) -> Self {
         self.executor_size = size.max(1);
+        self
+    }
+
+    /// Fails a request whose handler has not finished after `timeout` (a
+    /// stream: after `timeout` in all): the caller gets a `MessagingTimeout`
+    /// failure and the handler is dropped. Off by default.
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = Some(timeout);
+        self
+    }
+
+    /// How long [`RpcServer::stop`] waits for requests in flight before it
+    /// abandons them (default 30 s).
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.grace_period = grace;
         self
     }
 
@@ -311,13 +334,18 @@ impl RpcServerBuilder {
                 endpoints: self.endpoints,
             },
             seen,
+            handler_timeout: self.handler_timeout,
         });
         let token = CancellationToken::new();
         let task = tokio::spawn(serve(
             listener,
             shared,
-            Arc::new(Semaphore::new(self.executor_size)),
+            Executor {
+                slots: Arc::new(Semaphore::new(self.executor_size)),
+                size: self.executor_size,
+            },
             token.clone(),
+            self.grace_period,
         ));
         tracing::debug!(target_ = %self.target, "rpc server started");
         Ok(RpcServer {
@@ -329,10 +357,16 @@ impl RpcServerBuilder {
 }
 
 struct Shared {
-    transport: Arc<dyn Transport>,
+    transport: Transport,
     dispatcher: Dispatcher,
     /// Recent `_unique_id`s, when the broker may redeliver.
     seen: Option<DedupCache>,
+    handler_timeout: Option<Duration>,
+}
+
+struct Executor {
+    slots: Arc<Semaphore>,
+    size: usize,
 }
 
 /// Serves endpoints on a target until stopped. Dropping it stops it too (in
@@ -353,22 +387,27 @@ impl fmt::Debug for RpcServer {
 }
 
 impl RpcServer {
-    pub fn builder(transport: Arc<dyn Transport>, target: Target) -> RpcServerBuilder {
+    /// A builder for a server on `target`, which must name a server (host).
+    pub fn builder(transport: Transport, target: Target) -> RpcServerBuilder {
         let executor_size = transport.options().executor_thread_pool_size;
         RpcServerBuilder {
             transport,
             target,
             endpoints: Vec::new(),
             executor_size,
+            handler_timeout: None,
+            grace_period: Duration::from_secs(30),
         }
     }
 
+    /// The target it serves.
     pub fn target(&self) -> &Target {
         &self.target
     }
 
     /// Stops taking messages (those not yet taken stay queued for other
-    /// servers), finishes the requests in flight, then returns.
+    /// servers), waits for the requests in flight up to the grace period,
+    /// abandons (and logs) those still running, then returns.
     pub async fn stop(mut self) -> Result<()> {
         self.token.cancel();
         match self.task.take() {
@@ -387,15 +426,35 @@ impl Drop for RpcServer {
 async fn serve(
     mut listener: Box<dyn Listener>,
     shared: Arc<Shared>,
-    executor: Arc<Semaphore>,
+    executor: Executor,
     token: CancellationToken,
+    grace: Duration,
 ) -> Result<()> {
     let in_flight = TaskTracker::new();
+    // Cancelled when the grace period is over: handlers still running then
+    // are dropped.
+    let abandon = CancellationToken::new();
+    let mut saturated = false;
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = token.cancelled() => break,
-            permit = executor.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+        let permit = match executor.slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                saturated = false;
+                permit
+            }
+            Err(_) => {
+                if !saturated {
+                    saturated = true;
+                    tracing::warn!(
+                        executor_size = executor.size,
+                        "every executor slot is busy: requests wait in the queue until a handler finishes"
+                    );
+                }
+                tokio::select! {
+                    biased;
+                    _ = token.cancelled() => break,
+                    permit = executor.slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+                }
+            }
         };
         let delivery = tokio::select! {
             biased;
@@ -406,14 +465,26 @@ async fn serve(
             },
         };
         let shared = shared.clone();
+        let abandon = abandon.clone();
         in_flight.spawn(async move {
-            process(delivery, &shared).await;
+            tokio::select! {
+                _ = process(delivery, &shared) => {}
+                _ = abandon.cancelled() => {}
+            }
             drop(permit);
         });
     }
     let stopped = listener.stop().await;
     in_flight.close();
-    in_flight.wait().await;
+    if tokio::time::timeout(grace, in_flight.wait()).await.is_err() {
+        tracing::warn!(
+            abandoned = in_flight.len(),
+            grace_secs = grace.as_secs_f64(),
+            "stopping: abandoning requests still running after the grace period"
+        );
+        abandon.cancel();
+        in_flight.wait().await;
+    }
     stopped
 }
 
@@ -441,9 +512,16 @@ async fn process(delivery: Delivery, shared: &Shared) {
         Ok(handler) => {
             let IncomingRequest { context, args, .. } = request;
             let call = AssertUnwindSafe(handler(context, args)).catch_unwind();
-            match call.await {
-                Ok(response) => response,
-                Err(panic) => Response::Single(Err(panic_failure(panic))),
+            let outcome = match shared.handler_timeout {
+                Some(limit) => tokio::time::timeout(limit, call)
+                    .await
+                    .map_err(|_| handler_timed_out(&request.method, limit)),
+                None => Ok(call.await),
+            };
+            match outcome {
+                Ok(Ok(response)) => response,
+                Ok(Err(panic)) => Response::Single(Err(panic_failure(panic))),
+                Err(failure) => Response::Single(Err(failure)),
             }
         }
         Err(failure) => Response::Single(Err(failure)),
@@ -471,8 +549,16 @@ async fn process(delivery: Delivery, shared: &Shared) {
         let transport = &shared.transport;
         let (reply_q, msg_id) = (&reply_q, &msg_id);
         async move {
+            let reply_bytes = bytes.len();
             if let Err(error) = transport.send_reply(reply_q, msg_id, bytes).await {
-                tracing::warn!(%error, reply_q = %reply_q, method = %method, "could not send a reply");
+                // Once, by size: never the body.
+                tracing::warn!(
+                    error = %crate::error::error_chain(&error),
+                    reply_q = %reply_q,
+                    method = %method,
+                    reply_bytes,
+                    "could not send a reply"
+                );
             }
         }
     };
@@ -481,8 +567,22 @@ async fn process(delivery: Delivery, shared: &Shared) {
         Response::Single(Err(failure)) => reply(ReplyBody::Failure(&failure)).await,
         Response::Stream(mut stream) => {
             let mut seq = 0;
+            let deadline = shared
+                .handler_timeout
+                .map(|limit| (tokio::time::Instant::now() + limit, limit));
             loop {
-                match AssertUnwindSafe(stream.next()).catch_unwind().await {
+                let next = AssertUnwindSafe(stream.next()).catch_unwind();
+                let next = match deadline {
+                    Some((at, limit)) => match tokio::time::timeout_at(at, next).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            break reply(ReplyBody::Failure(&handler_timed_out(method, limit)))
+                                .await
+                        }
+                    },
+                    None => next.await,
+                };
+                match next {
                     Ok(Some(Ok(value))) => {
                         reply(ReplyBody::StreamItem { seq, value: &value }).await;
                         seq += 1;
@@ -494,6 +594,15 @@ async fn process(delivery: Delivery, shared: &Shared) {
             }
         }
     }
+}
+
+fn handler_timed_out(method: &str, limit: Duration) -> Box<RemoteFailure> {
+    tracing::warn!(%method, limit_secs = limit.as_secs_f64(), "a handler did not finish within the handler timeout");
+    Box::new(RemoteFailure::new(
+        "MessagingTimeout",
+        "oslo_messaging.exceptions",
+        format!("{method}() did not finish within {limit:?} on the server"),
+    ))
 }
 
 fn panic_failure(panic: Box<dyn std::any::Any + Send>) -> Box<RemoteFailure> {

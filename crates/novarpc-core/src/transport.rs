@@ -1,226 +1,305 @@
-//! The driver contract. A driver routes bytes (the oslo envelope, encoded by
-//! [`crate::envelope`]) to and from its broker and correlates replies; the core
-//! does dispatching, versioning, serialization and context.
+//! The handle users hold: [`Transport`] wraps a [`Driver`] and owns what every
+//! backend shares.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use futures::future::BoxFuture;
+use tokio::time::Instant;
 
-use crate::config::{CommonOptions, Config, ConfigError};
-use crate::envelope::Request;
-use crate::error::Result;
+use crate::config::CommonOptions;
+use crate::driver::{CallInfo, Capabilities, Driver, Listener, OutgoingRequest};
+use crate::envelope::{self, CallHeader, Request};
+use crate::error::{Error, Result};
 use crate::notify::Priority;
 use crate::reply::ReplyReceiver;
 use crate::target::Target;
 
-/// What a backend can do. Operations it cannot do return [`crate::Error::Unsupported`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Capabilities {
-    /// Request/response (`call`).
-    pub call: bool,
-    /// Streams of replies (`multicall`).
-    pub multicall: bool,
-    /// Fanout to every server of a topic.
-    pub fanout: bool,
-    /// Fanout to every listening process of one server (`fanout_cast_to_server`).
-    pub fanout_to_server: bool,
-    /// Notifications.
-    pub notifications: bool,
-    /// Notification listener pools (each pool gets every notification).
-    pub notification_pools: bool,
-    /// The broker confirms that it took each cast.
-    pub publisher_confirms: bool,
-    /// Messages can cross process boundaries.
-    pub cross_process: bool,
-    /// The broker may deliver a message twice (an acknowledgement lost with a
-    /// connection): servers then drop repeats by the message's `_unique_id`.
-    pub redelivers: bool,
-    /// [`Transport::delete_target`] removes shared queues (or none persist):
-    /// tools may make throw-away targets.
-    pub removes_targets: bool,
+/// A connection to a message broker (or the in-process `memory` broker),
+/// shared by the clients, servers, notifiers and listeners of a process.
+///
+/// Cheap to clone: clones share the driver and its connections.
+/// [`Transport::cleanup`] closes it for every clone.
+///
+/// ```
+/// # async fn demo() -> Result<(), novarpc_core::Error> {
+/// use novarpc_core::{memory::MemoryDriver, CommonOptions, Transport};
+/// let transport = Transport::new(MemoryDriver::new(CommonOptions::default()));
+/// assert_eq!(transport.backend(), "memory");
+/// assert!(transport.capabilities().fanout);
+/// transport.cleanup().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
 }
 
-/// The acknowledgement half of a delivery, for brokers that want one.
-#[async_trait]
-pub trait Acknowledge: Send {
-    /// The message was taken; the broker may forget it.
-    async fn ack(self: Box<Self>);
-    /// The message is unusable; the broker must not redeliver it.
-    async fn reject(self: Box<Self>);
+struct Inner {
+    driver: Arc<dyn Driver>,
+    backend: &'static str,
+    capabilities: Capabilities,
+    options: CommonOptions,
+    closed: AtomicBool,
 }
 
-/// One message taken from a listener's queue.
-pub struct Delivery {
-    pub body: Bytes,
-    acknowledge: Option<Box<dyn Acknowledge>>,
-}
-
-impl fmt::Debug for Delivery {
+impl fmt::Debug for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Delivery")
-            .field("body_len", &self.body.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Delivery {
-    /// A delivery that needs no acknowledgement.
-    pub fn new(body: Bytes) -> Self {
-        Delivery {
-            body,
-            acknowledge: None,
-        }
-    }
-
-    pub fn with_acknowledge(body: Bytes, acknowledge: Box<dyn Acknowledge>) -> Self {
-        Delivery {
-            body,
-            acknowledge: Some(acknowledge),
-        }
-    }
-
-    pub async fn ack(self) {
-        if let Some(a) = self.acknowledge {
-            a.ack().await;
-        }
-    }
-
-    pub async fn reject(self) {
-        if let Some(a) = self.acknowledge {
-            a.reject().await;
-        }
-    }
-}
-
-/// A consumer of one or more queues.
-#[async_trait]
-pub trait Listener: Send {
-    /// The next message, or `None` once the listener is stopped or its transport
-    /// is gone. Must be cancel-safe: a dropped `next` future loses no message.
-    async fn next(&mut self) -> Option<Delivery>;
-
-    /// Stops consuming. Messages the listener holds but has not handed out go
-    /// back to their queues (or, for per-listener fanout queues, go with them).
-    async fn stop(&mut self) -> Result<()>;
-}
-
-/// The driver contract, modelled on oslo.messaging's driver API.
-#[async_trait]
-pub trait Transport: Send + Sync + fmt::Debug + 'static {
-    /// The registered name of the backend (`memory`, `kombu`, ...).
-    fn backend(&self) -> &'static str;
-
-    fn capabilities(&self) -> Capabilities;
-
-    /// The `[DEFAULT]` options this transport was built with.
-    fn options(&self) -> &CommonOptions;
-
-    /// Sends a request that expects no reply: a cast, a cast to
-    /// `target.server`, or (with `target.fanout`) a fanout cast.
-    async fn send(&self, target: &Target, request: &Request<'_>) -> Result<()>;
-
-    /// Sends a request and returns the receiver of its replies. The driver adds
-    /// the message id and reply queue and routes replies back by message id.
-    async fn send_call(
-        &self,
-        target: &Target,
-        request: &Request<'_>,
-        timeout: Duration,
-    ) -> Result<ReplyReceiver>;
-
-    /// Sends an encoded reply to the reply queue named by a request;
-    /// `msg_id` is the request's, also inside `body` (drivers whose wire
-    /// has a correlation field set it without parsing the body again).
-    async fn send_reply(&self, reply_q: &str, msg_id: &str, body: Bytes) -> Result<()>;
-
-    /// Sends an encoded notification to `<topic>.<priority>`.
-    async fn send_notification(
-        &self,
-        target: &Target,
-        priority: Priority,
-        body: Bytes,
-    ) -> Result<()>;
-
-    /// Consumes requests for `target`: the shared topic queue, the server's own
-    /// queue and a fanout queue of this listener.
-    async fn listen(&self, target: &Target) -> Result<Box<dyn Listener>>;
-
-    /// Consumes notifications on `<topic>.<priority>` for every pair.
-    async fn listen_for_notifications(
-        &self,
-        targets: &[Target],
-        priorities: &[Priority],
-        pool: Option<&str>,
-    ) -> Result<Box<dyn Listener>>;
-
-    /// Consumes copies of the requests routed to `target` (its topic, its
-    /// servers and its fanout) without taking them from the servers: for
-    /// operators' taps. Its queues are private and go away with the listener.
-    async fn tap(&self, _target: &Target) -> Result<Box<dyn Listener>> {
-        Err(crate::Error::Unsupported {
-            backend: self.backend(),
-            operation: "tapping a topic",
-        })
-    }
-
-    /// Removes the shared queues of `target` (`topic`, and `topic.server` if
-    /// it names a server), whose servers must be stopped: shared queues outlive
-    /// their servers by design, so tools that make throw-away targets (health
-    /// checks) remove them.
-    async fn delete_target(&self, _target: &Target) -> Result<()> {
-        Ok(())
-    }
-
-    /// Closes connections and releases broker resources (reply queue, ...).
-    /// Waiting callers fail with [`crate::Error::Closed`].
-    async fn cleanup(&self) -> Result<()>;
-}
-
-// `Transport` must stay usable as `Arc<dyn Transport>`.
-const _: Option<&dyn Transport> = None;
-const _: Option<Box<dyn Listener>> = None;
-
-/// Builds a driver's transport from the configuration.
-pub type ConnectFn = fn(Config) -> BoxFuture<'static, Result<Arc<dyn Transport>>>;
-
-/// How a driver registers itself: the registry in the `novarpc` crate picks one
-/// by `rpc_backend` name, alias or transport URL scheme.
-#[derive(Clone, Copy)]
-pub struct DriverDescriptor {
-    pub name: &'static str,
-    pub aliases: &'static [&'static str],
-    pub url_schemes: &'static [&'static str],
-    /// The TOML table holding the driver's options (`[kombu]`).
-    pub config_section: &'static str,
-    pub capabilities: Capabilities,
-    /// Parses and checks the driver's options; does no I/O.
-    pub validate: fn(&Config) -> std::result::Result<(), ConfigError>,
-    /// The driver's options with defaults filled in, as TOML, for operators
-    /// (`novarpc check-config`). Holds no secrets.
-    pub resolved_options: fn(&Config) -> std::result::Result<String, ConfigError>,
-    pub connect: ConnectFn,
-}
-
-impl fmt::Debug for DriverDescriptor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DriverDescriptor")
-            .field("name", &self.name)
-            .field("aliases", &self.aliases)
-            .field("url_schemes", &self.url_schemes)
-            .field("config_section", &self.config_section)
-            .field("capabilities", &self.capabilities)
+        f.debug_struct("Transport")
+            .field("backend", &self.inner.backend)
+            .field("driver", &self.inner.driver)
+            .field("closed", &self.is_closed())
             .finish()
     }
 }
 
-impl DriverDescriptor {
-    /// Whether `name` is this driver's name or one of its aliases.
-    pub fn answers_to(&self, name: &str) -> bool {
-        self.name.eq_ignore_ascii_case(name)
-            || self.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
+impl Transport {
+    /// Wraps a driver.
+    pub fn new(driver: impl Driver) -> Self {
+        Transport::from_driver(Arc::new(driver))
+    }
+
+    /// Wraps a shared driver (as the registry's connect functions build them).
+    pub fn from_driver(driver: Arc<dyn Driver>) -> Self {
+        Transport {
+            inner: Arc::new(Inner {
+                backend: driver.backend(),
+                capabilities: driver.capabilities(),
+                options: driver.options().clone(),
+                driver,
+                closed: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The registered name of the backend (`memory`, `kombu`, `qpid`).
+    pub fn backend(&self) -> &'static str {
+        self.inner.backend
+    }
+
+    /// What this transport can do: its backend, broker and addressing profile
+    /// decide. Everything else fails with `Unsupported` before sending.
+    pub fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities
+    }
+
+    /// The `[DEFAULT]` options it was built with.
+    pub fn options(&self) -> &CommonOptions {
+        &self.inner.options
+    }
+
+    /// Whether [`Transport::cleanup`] was called (on this or any clone).
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// The driver behind the handle, for driver-specific tools and tests.
+    pub fn driver(&self) -> &Arc<dyn Driver> {
+        &self.inner.driver
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn require(&self, available: bool, operation: &'static str) -> Result<()> {
+        self.check_open()?;
+        if available {
+            Ok(())
+        } else {
+            Err(Error::Unsupported {
+                backend: self.backend(),
+                operation,
+            })
+        }
+    }
+
+    /// Checks a cast's target against the capabilities.
+    pub(crate) fn check_cast(&self, target: &Target) -> Result<()> {
+        let capabilities = self.capabilities();
+        if target.fanout && target.server.is_some() {
+            self.require(capabilities.fanout_to_server, "fanout to a server")
+        } else if target.fanout {
+            self.require(capabilities.fanout, "fanout")
+        } else {
+            self.check_open()
+        }
+    }
+
+    /// Bounds a send by `send_timeout`.
+    async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        target: &Target,
+        send: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let timeout = self.options().send_timeout;
+        match tokio::time::timeout(timeout, send).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::SendTimeout {
+                operation,
+                target: target.to_string(),
+                timeout,
+            }),
+        }
+    }
+
+    /// Encodes and sends a request that expects no reply.
+    pub(crate) async fn cast(&self, target: &Target, request: &Request<'_>) -> Result<()> {
+        self.check_cast(target)?;
+        let body = envelope::encode_request(request, None);
+        let operation = if target.fanout { "fanout cast" } else { "cast" };
+        let outgoing = OutgoingRequest {
+            body,
+            method: request.method,
+        };
+        self.bounded(operation, target, self.inner.driver.send(target, outgoing))
+            .await
+    }
+
+    /// Encodes and sends a call's request, returning the receiver of its
+    /// replies. Everything (connecting, declaring the reply queue, sending)
+    /// happens before `deadline`, or the call times out.
+    pub(crate) async fn start_call(
+        &self,
+        target: &Target,
+        request: &Request<'_>,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<ReplyReceiver> {
+        self.require(self.capabilities().call, "call")?;
+        let driver = &self.inner.driver;
+        let send = async {
+            let reply_to = driver.reply_address().await?;
+            let msg_id = envelope::new_unique_id();
+            let body = envelope::encode_request(
+                request,
+                Some(CallHeader {
+                    msg_id: &msg_id,
+                    reply_q: reply_to,
+                }),
+            );
+            let receiver = driver.replies().register(msg_id);
+            let call = CallInfo {
+                msg_id: receiver.msg_id(),
+                reply_to,
+                remaining: deadline.saturating_duration_since(Instant::now()),
+            };
+            let outgoing = OutgoingRequest {
+                body,
+                method: request.method,
+            };
+            driver.send_call(target, outgoing, call).await?;
+            Ok(receiver)
+        };
+        match tokio::time::timeout_at(deadline, send).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                method: request.method.to_owned(),
+                topic: target.to_string(),
+                timeout,
+            }),
+        }
+    }
+
+    /// Sends an encoded reply (servers answer through their request's responder).
+    pub(crate) async fn send_reply(&self, reply_to: &str, msg_id: &str, body: Bytes) -> Result<()> {
+        self.check_open()?;
+        let timeout = self.options().send_timeout;
+        match tokio::time::timeout(
+            timeout,
+            self.inner.driver.send_reply(reply_to, msg_id, body),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(Error::SendTimeout {
+                operation: "reply",
+                target: reply_to.to_owned(),
+                timeout,
+            }),
+        }
+    }
+
+    /// Sends an encoded notification.
+    pub(crate) async fn send_notification(
+        &self,
+        target: &Target,
+        priority: Priority,
+        body: Bytes,
+    ) -> Result<()> {
+        self.require(self.capabilities().notifications, "notifications")?;
+        self.bounded(
+            "notification",
+            target,
+            self.inner.driver.send_notification(target, priority, body),
+        )
+        .await
+    }
+
+    /// Consumes requests for a server's target.
+    pub(crate) async fn listen(&self, target: &Target) -> Result<Box<dyn Listener>> {
+        self.require(self.capabilities().serve, "serving RPC requests")?;
+        self.inner.driver.listen(target).await
+    }
+
+    /// Consumes notifications.
+    pub(crate) async fn listen_for_notifications(
+        &self,
+        targets: &[Target],
+        priorities: &[Priority],
+        pool: Option<&str>,
+    ) -> Result<Box<dyn Listener>> {
+        let capabilities = self.capabilities();
+        self.require(capabilities.notifications, "notifications")?;
+        if pool.is_some() {
+            self.require(
+                capabilities.notification_pools,
+                "notification listener pools",
+            )?;
+        }
+        self.inner
+            .driver
+            .listen_for_notifications(targets, priorities, pool)
+            .await
+    }
+
+    /// Consumes copies of the requests routed to `target` (its topic, its
+    /// servers and its fanout) without taking them from the servers: for
+    /// operators' taps. Its queues are private and go away with the listener.
+    pub async fn tap(&self, target: &Target) -> Result<Box<dyn Listener>> {
+        self.require(self.capabilities().taps, "tapping a topic")?;
+        target.validate()?;
+        self.inner.driver.tap(target).await
+    }
+
+    /// Removes the shared queues of `target` (`topic`, and `topic.server` if
+    /// it names a server), whose servers must be stopped: shared queues
+    /// outlive their servers by design, so tools that make throw-away targets
+    /// (health checks) remove them. A no-op where
+    /// [`Capabilities::removes_targets`] is false.
+    pub async fn delete_target(&self, target: &Target) -> Result<()> {
+        self.check_open()?;
+        if !self.capabilities().removes_targets {
+            return Ok(());
+        }
+        self.inner.driver.delete_target(target).await
+    }
+
+    /// Closes the transport for every clone: callers waiting for replies
+    /// fail with `Closed` at once, later operations fail with `Closed`, and the
+    /// driver's connections and broker resources are released. Idempotent.
+    pub async fn cleanup(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.inner.driver.replies().close_all();
+        self.inner.driver.close().await
     }
 }

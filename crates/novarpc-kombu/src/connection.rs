@@ -140,14 +140,18 @@ impl Connector for KombuConnector {
             .with_connection_name(self.connection_name.clone().into());
         let runtime = lapin::runtime::default_runtime().map_err(KombuError::Amqp)?;
         let connection = if host.uri.scheme == AMQPScheme::AMQPS {
-            let tls = tls_config(&self.options).map_err(|e| KombuError::Tls(e.to_string()))?;
+            let tls = tls_config(&self.options).map_err(KombuError::Tls)?;
             Connection::connect_uri_with_config(host.uri.clone(), properties, tls, runtime).await
         } else {
             Connection::connect_uri_with_runtime(host.uri.clone(), properties, runtime).await
         };
         connection
             .map(Arc::new)
-            .map_err(|e| KombuError::Connect(describe(&host.uri), e))
+            .map_err(|source| KombuError::Connect {
+                broker: describe(&host.uri),
+                tls: host.uri.scheme == AMQPScheme::AMQPS,
+                source,
+            })
     }
 
     fn is_usable(&self, connection: &Arc<Connection>) -> bool {

@@ -12,7 +12,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
-use novarpc_core::transport::{Acknowledge, Delivery, Listener};
+use novarpc_core::driver::{Acknowledge, Delivery, Listener};
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::Broker;
@@ -130,7 +130,7 @@ impl ConsumerSet {
                     }
                     Err(error) => {
                         let delay = delays.next().unwrap_or(std::time::Duration::from_secs(1));
-                        tracing::warn!(%error, ?delay, "cannot resume consuming; retrying");
+                        tracing::debug!(error = %novarpc_core::error_chain(&error), ?delay, "cannot resume consuming; retrying");
                         tokio::select! {
                             _ = self.shutdown.cancelled() => return None,
                             _ = tokio::time::sleep(delay) => {}
@@ -148,7 +148,7 @@ impl ConsumerSet {
                 Some(Err(error)) => {
                     let generation = active.generation;
                     self.active = None;
-                    tracing::warn!(%error, queues = ?self.queue_names(), "consumer failed; reconnecting");
+                    tracing::warn!(error = %novarpc_core::error_chain(&error), queues = ?self.queue_names(), "consumer failed; reconnecting");
                     self.broker.reset(generation).await;
                 }
                 None => {

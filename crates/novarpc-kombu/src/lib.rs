@@ -15,25 +15,19 @@ mod transport;
 
 use std::sync::Arc;
 
-use novarpc_core::transport::{Capabilities, DriverDescriptor, Transport};
+use novarpc_core::driver::{Capabilities, Driver, DriverDescriptor};
+use novarpc_core::{Classify, ErrorKind};
 
 pub use options::KombuOptions;
-pub use transport::KombuTransport;
+pub use transport::KombuDriver;
 
 const BACKEND: &str = "kombu";
 
+/// What the driver can do on RabbitMQ.
 pub const CAPABILITIES: Capabilities = Capabilities {
-    call: true,
-    multicall: true,
-    fanout: true,
     // oslo's topology has no exchange for "every process of one host".
     fanout_to_server: false,
-    notifications: true,
-    notification_pools: true,
-    publisher_confirms: true,
-    cross_process: true,
-    redelivers: true,
-    removes_targets: true,
+    ..Capabilities::ALL
 };
 
 /// The driver's registration.
@@ -42,7 +36,7 @@ pub const DESCRIPTOR: DriverDescriptor = DriverDescriptor {
     aliases: &["rabbit"],
     url_schemes: &["rabbit", "kombu"],
     config_section: "kombu",
-    capabilities: CAPABILITIES,
+    capabilities: |_| Ok(CAPABILITIES),
     validate: |config| KombuOptions::from_config(config).map(|_| ()),
     resolved_options: |config| {
         let options = KombuOptions::from_config(config)?;
@@ -50,8 +44,8 @@ pub const DESCRIPTOR: DriverDescriptor = DriverDescriptor {
     },
     connect: |config| {
         Box::pin(async move {
-            let transport: Arc<dyn Transport> = Arc::new(KombuTransport::connect(&config).await?);
-            Ok(transport)
+            let driver: Arc<dyn Driver> = Arc::new(KombuDriver::connect(&config).await?);
+            Ok(driver)
         })
     },
 };
@@ -60,26 +54,102 @@ pub const DESCRIPTOR: DriverDescriptor = DriverDescriptor {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KombuError {
-    #[error("cannot connect to {0}: {1}")]
-    Connect(String, lapin::Error),
-    #[error("AMQP error: {0}")]
-    Amqp(lapin::Error),
-    #[error("TLS setup: {0}")]
-    Tls(String),
+    /// Connecting to a broker failed (TCP, TLS, authentication, virtual host).
+    #[error("cannot connect to {broker}")]
+    Connect {
+        /// The broker, without credentials.
+        broker: String,
+        /// Whether the broker was reached over TLS.
+        tls: bool,
+        /// lapin's error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// An AMQP operation failed.
+    #[error("AMQP operation failed")]
+    Amqp(#[source] lapin::Error),
+    /// The TLS files could not be read.
+    #[error("TLS setup")]
+    Tls(#[source] novarpc_core::ConfigError),
+    /// The broker returned a mandatory message: no queue is bound for it.
     #[error("no queue took the message on exchange `{exchange}` with routing key `{routing_key}`: is anything listening?")]
     Unroutable {
+        /// The exchange published to.
         exchange: String,
+        /// The routing key.
         routing_key: String,
     },
+    /// The broker refused the message (nack).
     #[error("the broker refused the message (nack)")]
     Nacked,
+    /// The channel pool failed.
     #[error("channel pool: {0}")]
     Pool(String),
-    #[error("gave up after {attempts} attempts: {last}")]
+    /// `ensure` gave up after retrying a temporary failure.
+    #[error("gave up after {attempts} attempts")]
     GaveUp {
+        /// How many attempts were made.
         attempts: u32,
+        /// The last attempt's error.
+        #[source]
         last: Box<KombuError>,
     },
+}
+
+/// lapin's error classified; `connecting` tells an authentication failure
+/// (ACCESS_REFUSED on connection.start-ok) from a refused operation.
+fn classify_lapin(error: &lapin::Error, connecting: bool, tls: bool) -> ErrorKind {
+    use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+    use lapin::ErrorKind as L;
+    match error.kind() {
+        L::IOError(io) => {
+            use std::io::ErrorKind as Io;
+            match io.kind() {
+                // rustls reports certificate and handshake failures as data errors.
+                Io::InvalidData | Io::Other if connecting && tls => ErrorKind::Tls,
+                _ => ErrorKind::Unreachable,
+            }
+        }
+        L::ProtocolError(amqp) => match amqp.kind() {
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) if connecting => {
+                ErrorKind::Authentication
+            }
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => ErrorKind::AccessRefused,
+            AMQPErrorKind::Soft(AMQPSoftError::NOROUTE | AMQPSoftError::NOCONSUMERS) => {
+                ErrorKind::Undeliverable
+            }
+            AMQPErrorKind::Soft(AMQPSoftError::CONTENTTOOLARGE) => ErrorKind::Undeliverable,
+            AMQPErrorKind::Soft(_) => ErrorKind::Protocol,
+            // The broker is shutting down or an operator closed the connection.
+            AMQPErrorKind::Hard(AMQPHardError::CONNECTIONFORCED) => ErrorKind::Unreachable,
+            // Unknown virtual host, or no permission on it.
+            AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED | AMQPHardError::INVALIDPATH) => {
+                ErrorKind::AccessRefused
+            }
+            AMQPErrorKind::Hard(AMQPHardError::RESOURCEERROR) => ErrorKind::Busy,
+            AMQPErrorKind::Hard(_) => ErrorKind::Protocol,
+        },
+        L::AuthProviderError(_) => ErrorKind::Authentication,
+        L::ChannelsLimitReached => ErrorKind::Busy,
+        L::ParsingError(_) | L::SerialisationError(_) | L::InvalidProtocolVersion(_) => {
+            ErrorKind::Protocol
+        }
+        // A channel or connection that broke under us: reconnecting helps.
+        _ => ErrorKind::Unreachable,
+    }
+}
+
+impl Classify for KombuError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            KombuError::Connect { source, tls, .. } => classify_lapin(source, true, *tls),
+            KombuError::Amqp(error) => classify_lapin(error, false, false),
+            KombuError::Tls(_) => ErrorKind::Tls,
+            KombuError::Unroutable { .. } | KombuError::Nacked => ErrorKind::Undeliverable,
+            KombuError::Pool(_) => ErrorKind::Unreachable,
+            KombuError::GaveUp { last, .. } => last.kind(),
+        }
+    }
 }
 
 impl KombuError {

@@ -9,10 +9,10 @@ use lapin::options::BasicPublishOptions;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation};
 use novarpc_amqp::pool::{self, Pool};
-use novarpc_amqp::{ensure, ReplyReceiver, ReplyRegistry, RetryPolicy};
-use novarpc_core::envelope::{self, CallHeader, Request};
-use novarpc_core::transport::{Capabilities, Listener, Transport};
-use novarpc_core::{CommonOptions, Config, Error, Priority, Result, Target};
+use novarpc_amqp::{ensure, ReplyRegistry, RetryPolicy};
+use novarpc_core::driver::{CallInfo, Capabilities, Driver, Listener, OutgoingRequest};
+use novarpc_core::envelope;
+use novarpc_core::{Classify, CommonOptions, Config, Error, Priority, Result, Target};
 use parking_lot::Mutex;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -54,16 +54,16 @@ impl Drop for Shared {
     }
 }
 
-/// The kombu-like transport: AMQP 0-9-1 on lapin, with oslo.messaging's
-/// rabbit topology and envelope.
+/// The kombu-like driver: AMQP 0-9-1 on lapin, with oslo.messaging's
+/// rabbit topology and envelope. Wrap it in a [`novarpc_core::Transport`].
 #[derive(Clone)]
-pub struct KombuTransport {
+pub struct KombuDriver {
     shared: Arc<Shared>,
 }
 
-impl std::fmt::Debug for KombuTransport {
+impl std::fmt::Debug for KombuDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KombuTransport")
+        f.debug_struct("KombuDriver")
             .field("broker", &self.shared.broker)
             .field("control_exchange", &self.shared.common.control_exchange)
             .finish_non_exhaustive()
@@ -94,6 +94,9 @@ struct Publish<'a> {
     policy: RetryPolicy,
     /// Stop retrying after this instant (a call's timeout).
     give_up_at: Option<Instant>,
+    /// Retry a returned message too (a reply whose caller may be
+    /// reconnecting, as oslo's `missing_consumer_retry_timeout`).
+    retry_unroutable: bool,
 }
 
 /// How a publish is confirmed.
@@ -105,8 +108,8 @@ enum Confirm {
     Skip,
 }
 
-impl KombuTransport {
-    /// Builds the transport; connects lazily, on first use.
+impl KombuDriver {
+    /// Builds the driver; connects lazily, on first use.
     pub fn new(config: &Config) -> std::result::Result<Self, novarpc_core::ConfigError> {
         let options = KombuOptions::from_config(config)?;
         let common = config.common().clone();
@@ -134,7 +137,7 @@ impl KombuTransport {
             },
             options.channel_pool_size,
         );
-        Ok(KombuTransport {
+        Ok(KombuDriver {
             shared: Arc::new(Shared {
                 common,
                 publish_slots: tokio::sync::Semaphore::new(options.channel_pool_size * 32),
@@ -157,7 +160,7 @@ impl KombuTransport {
 
     /// Connects now (rather than on first use), to fail fast on a bad broker.
     pub async fn connect(config: &Config) -> Result<Self> {
-        let transport = KombuTransport::new(config)?;
+        let transport = KombuDriver::new(config)?;
         transport
             .shared
             .broker
@@ -202,6 +205,7 @@ impl KombuTransport {
             confirm,
             policy,
             give_up_at,
+            retry_unroutable,
         } = publish;
         let shared = &self.shared;
         ensure(
@@ -257,15 +261,25 @@ impl KombuTransport {
                 }
             },
             |error, attempt| {
-                let retry = give_up_at.is_none_or(|at| Instant::now() < at);
-                tracing::warn!(%error, attempt, exchange = exchange.name(), routing_key, retry, "publish failed");
+                // Only what may pass is retried: a refused login, a missing
+                // permission or a returned message fail at once.
+                let retryable = error.kind().is_temporary()
+                    || (retry_unroutable && matches!(error, KombuError::Unroutable { .. }));
+                let retry = retryable && give_up_at.is_none_or(|at| Instant::now() < at);
+                tracing::debug!(error = %novarpc_core::error_chain(error), attempt, exchange = exchange.name(), routing_key, retry, "publish failed");
                 retry
             },
         )
         .await
-        .map_err(|exhausted| KombuError::GaveUp {
-            attempts: exhausted.attempts,
-            last: Box::new(exhausted.last_error),
+        .map_err(|exhausted| {
+            if exhausted.attempts <= 1 {
+                exhausted.last_error
+            } else {
+                KombuError::GaveUp {
+                    attempts: exhausted.attempts,
+                    last: Box::new(exhausted.last_error),
+                }
+            }
         })
     }
 
@@ -338,7 +352,7 @@ impl KombuTransport {
                     shared.shutdown.clone(),
                 )
                 .await
-                .map_err(Error::from)?;
+                .map_err(|e| Error::transport(BACKEND, e))?;
                 let replies = shared.replies.clone();
                 let task = tokio::spawn(async move {
                     while let Some(delivery) = consumers.next().await {
@@ -372,7 +386,7 @@ impl KombuTransport {
 }
 
 #[async_trait]
-impl Transport for KombuTransport {
+impl Driver for KombuDriver {
     fn backend(&self) -> &'static str {
         BACKEND
     }
@@ -385,83 +399,81 @@ impl Transport for KombuTransport {
         &self.shared.common
     }
 
-    async fn send(&self, target: &Target, request: &Request<'_>) -> Result<()> {
+    async fn reply_address(&self) -> Result<&str> {
+        self.reply_queue().await
+    }
+
+    fn replies(&self) -> &Arc<ReplyRegistry> {
+        &self.shared.replies
+    }
+
+    async fn send(&self, target: &Target, request: OutgoingRequest<'_>) -> Result<()> {
         self.check_open()?;
         let _slot = self.publish_slot().await;
-        let body = envelope::encode_request(request, None);
-        let (exchange, routing_key) = if target.fanout {
-            if target.server.is_some() {
-                return Err(Error::Unsupported {
-                    backend: BACKEND,
-                    operation: "fanout to a server",
-                });
-            }
-            (Exchange::Fanout(target.fanout_exchange()), String::new())
-        } else {
+        let options = &self.shared.options;
+        let exchange_name = self.control_exchange(target);
+        let (exchange, routing_key, queue) = if target.fanout {
             (
-                Exchange::Topic(self.control_exchange(target).to_owned()),
-                target.routing_key(),
+                Exchange::Fanout(target.fanout_exchange()),
+                String::new(),
+                None,
             )
+        } else {
+            let key = target.routing_key();
+            // A cast waits in its target's queue for the first server: declare
+            // it as a server would (same name, bindings and arguments).
+            let queue = QueueSpec::topic_consumer(&key, exchange_name, &key, options);
+            (Exchange::Topic(exchange_name.to_owned()), key, Some(queue))
         };
-        let confirm = if self.shared.options.publisher_confirms {
+        let confirm = if options.publisher_confirms {
             Confirm::Wait
         } else {
             Confirm::Skip
         };
         // Returns are only reported with confirms on.
-        let mandatory =
-            !target.fanout && self.shared.options.mandatory_casts && confirm == Confirm::Wait;
+        let mandatory = !target.fanout && options.mandatory_casts && confirm == Confirm::Wait;
         Box::pin(self.publish(Publish {
             exchange: &exchange,
             mandatory,
             routing_key: &routing_key,
-            body: &body,
+            body: &request.body,
             properties: properties(),
-            declare_queue: None,
+            declare_queue: queue.as_ref(),
             confirm,
             policy: self.cast_policy(),
             give_up_at: None,
+            retry_unroutable: false,
         }))
         .await
-        .map_err(Error::from)
+        .map_err(|e| Error::transport(BACKEND, e))
     }
 
     async fn send_call(
         &self,
         target: &Target,
-        request: &Request<'_>,
-        timeout: Duration,
-    ) -> Result<ReplyReceiver> {
+        request: OutgoingRequest<'_>,
+        call: CallInfo<'_>,
+    ) -> Result<()> {
         self.check_open()?;
         let _slot = self.publish_slot().await;
-        let reply_q = self.reply_queue().await?;
-        let msg_id = envelope::new_unique_id();
-        let body = envelope::encode_request(
-            request,
-            Some(CallHeader {
-                msg_id: &msg_id,
-                reply_q,
-            }),
-        );
-        let receiver = self.shared.replies.register(msg_id);
         let routing_key = target.routing_key();
         let exchange = Exchange::Topic(self.control_exchange(target).to_owned());
-        let expiration = timeout.as_millis().max(1).to_string();
-        let give_up_at = Instant::now() + timeout;
+        let expiration = call.remaining.as_millis().max(1).to_string();
+        let give_up_at = Instant::now() + call.remaining;
         Box::pin(self.publish(Publish {
             exchange: &exchange,
             routing_key: &routing_key,
-            body: &body,
+            body: &request.body,
             mandatory: false,
             properties: properties().with_expiration(expiration.into()),
             declare_queue: None,
             confirm: Confirm::Skip,
             policy: self.cast_policy(),
             give_up_at: Some(give_up_at),
+            retry_unroutable: false,
         }))
         .await
-        .map_err(Error::from)?;
-        Ok(receiver)
+        .map_err(|e| Error::transport(BACKEND, e))
     }
 
     async fn send_reply(&self, reply_q: &str, _msg_id: &str, body: Bytes) -> Result<()> {
@@ -491,9 +503,10 @@ impl Transport for KombuTransport {
             confirm,
             policy,
             give_up_at: Some(Instant::now() + timeout),
+            retry_unroutable: true,
         }))
         .await
-        .map_err(Error::from)
+        .map_err(|e| Error::transport(BACKEND, e))
     }
 
     async fn send_notification(
@@ -523,9 +536,10 @@ impl Transport for KombuTransport {
             confirm,
             policy: self.cast_policy(),
             give_up_at: None,
+            retry_unroutable: false,
         }))
         .await
-        .map_err(Error::from)
+        .map_err(|e| Error::transport(BACKEND, e))
     }
 
     async fn listen(&self, target: &Target) -> Result<Box<dyn Listener>> {
@@ -613,7 +627,7 @@ impl Transport for KombuTransport {
         Ok(())
     }
 
-    async fn cleanup(&self) -> Result<()> {
+    async fn close(&self) -> Result<()> {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }

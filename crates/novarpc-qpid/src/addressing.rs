@@ -56,6 +56,34 @@ fn v2_segment(name: &str) -> String {
 }
 
 impl AddressingProfile {
+    /// What a transport with this profile can do. AMQP 1.0 cannot declare
+    /// a shared queue bound to an exchange, so notification pools and taps
+    /// are out everywhere; RabbitMQ 4's v2 addresses declare nothing, so
+    /// until queues are declared through its management node the profile
+    /// can only cast to queues that exist.
+    pub fn capabilities(self) -> novarpc_core::Capabilities {
+        use novarpc_core::Capabilities;
+        let amqp1 = Capabilities {
+            notification_pools: false,
+            taps: false,
+            // RabbitMQ 3 cannot delete queues over AMQP 1.0.
+            removes_targets: false,
+            ..Capabilities::ALL
+        };
+        match self {
+            AddressingProfile::Rabbitmq3 | AddressingProfile::Activemq => amqp1,
+            AddressingProfile::Rabbitmq4 => Capabilities {
+                call: false,
+                multicall: false,
+                fanout: false,
+                fanout_to_server: false,
+                notifications: false,
+                serve: false,
+                ..amqp1
+            },
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             AddressingProfile::Rabbitmq3 => "rabbitmq3",

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::addressing::Node;
 use crate::options::{QpidOptions, SaslMechanism};
 use crate::QpidError;
+use novarpc_core::ErrorKind;
 
 /// TLS settings read from the files the options name (at connect time:
 /// building the configuration does no I/O).
@@ -212,14 +213,20 @@ impl AmqpConnection {
                 return Err(QpidError::Attach {
                     address: node.address.clone(),
                     reason: format!("no answer within {BROKER_ANSWER:?}"),
+                    kind: novarpc_core::ErrorKind::Unreachable,
                 });
             }
             Ok(Err(error)) => {
                 // A refused attach ends the session and with it every sender.
                 self.mark_broken();
+                let remote = match &error {
+                    fe2o3_amqp::link::SenderAttachError::RemoteClosedWithError(e) => Some(e),
+                    _ => None,
+                };
                 return Err(QpidError::Attach {
                     address: node.address.clone(),
                     reason: error.to_string(),
+                    kind: crate::attach_error_kind(remote),
                 });
             }
         };
@@ -352,21 +359,27 @@ impl Connector for QpidConnector {
 
     async fn connect(&self, host: &BrokerAddress) -> Result<Arc<AmqpConnection>, QpidError> {
         let description = host.describe();
-        let connect_error = |reason: String| QpidError::Connect {
+        let connect_error = |kind: ErrorKind, reason: String| QpidError::Connect {
             broker: description.clone(),
             reason,
+            kind,
         };
         let stream = tokio::time::timeout(
             std::time::Duration::from_secs(10),
             TcpStream::connect((host.host.as_str(), host.port)),
         )
         .await
-        .map_err(|_| connect_error("TCP connect timed out after 10s".into()))?
-        .map_err(|e| connect_error(e.to_string()))?;
+        .map_err(|_| {
+            connect_error(
+                ErrorKind::Unreachable,
+                "TCP connect timed out after 10s".into(),
+            )
+        })?
+        .map_err(|e| connect_error(ErrorKind::Unreachable, e.to_string()))?;
         // Without it each small transfer waits for a delayed ACK (~40 ms).
         stream
             .set_nodelay(true)
-            .map_err(|e| connect_error(e.to_string()))?;
+            .map_err(|e| connect_error(ErrorKind::Unreachable, e.to_string()))?;
         let sasl = match self.options.sasl_mechanism {
             SaslMechanism::Plain => SaslProfile::Plain {
                 username: host.username.clone(),
@@ -410,14 +423,38 @@ impl Connector for QpidConnector {
             )
             .await
         };
-        let mut connection = opened
-            .map_err(|_| connect_error("AMQP open timed out after 10s".into()))?
-            .map_err(|e| connect_error(e.to_string()))?;
+        let mut connection = match opened {
+            Err(_) => {
+                return Err(connect_error(
+                    ErrorKind::Unreachable,
+                    "AMQP open timed out after 10s".into(),
+                ))
+            }
+            Ok(Err(error)) => {
+                let (kind, reason) = open_failure(&error, self.options.sasl_mechanism);
+                let reason = if kind == ErrorKind::Authentication
+                    && matches!(error, fe2o3_amqp::connection::OpenError::NotImplemented(_))
+                {
+                    // fe2o3 does not say what the broker offers: ask it.
+                    match crate::sasl::offered_mechanisms(&host.host, host.port, host.tls).await {
+                        Some(offered) => format!(
+                            "{reason}; the broker offers SASL mechanisms: {}",
+                            offered.join(", ")
+                        ),
+                        None => reason,
+                    }
+                } else {
+                    reason
+                };
+                return Err(connect_error(kind, reason));
+            }
+            Ok(Ok(connection)) => connection,
+        };
         let session =
             tokio::time::timeout(BROKER_ANSWER, Session::builder().begin(&mut connection))
                 .await
-                .map_err(|_| connect_error("no answer to begin".into()))?
-                .map_err(|e| connect_error(format!("begin session: {e}")))?;
+                .map_err(|_| connect_error(ErrorKind::Unreachable, "no answer to begin".into()))?
+                .map_err(|e| connect_error(begin_error_kind(&e), format!("begin session: {e}")))?;
         let connection = Arc::new(AmqpConnection {
             connection: tokio::sync::Mutex::new(connection),
             session: tokio::sync::Mutex::new(session),
@@ -444,3 +481,71 @@ impl Connector for QpidConnector {
 }
 
 pub(crate) type Broker = Reconnector<QpidConnector>;
+
+/// Classifies a failed first session: RabbitMQ refuses an unknown or
+/// forbidden virtual host only here, by closing the connection.
+fn begin_error_kind(error: &fe2o3_amqp::session::BeginError) -> ErrorKind {
+    use fe2o3_amqp::connection::ConnectionStopReason;
+    use fe2o3_amqp::session::BeginError;
+    match error {
+        BeginError::ConnectionStopped(ConnectionStopReason::RemoteClosedWithError(e))
+        | BeginError::RemoteEndedWithError(e) => crate::condition_kind(&e.condition),
+        _ => ErrorKind::Unreachable,
+    }
+}
+
+/// Classifies a failed AMQP open and says it in words.
+fn open_failure(
+    error: &fe2o3_amqp::connection::OpenError,
+    mechanism: SaslMechanism,
+) -> (ErrorKind, String) {
+    use fe2o3_amqp::connection::OpenError;
+    use fe2o3_amqp::types::sasl::SaslCode;
+    match error {
+        OpenError::Io(e) => (ErrorKind::Unreachable, e.to_string()),
+        OpenError::SaslError { code, .. } => match code {
+            SaslCode::Auth => (
+                ErrorKind::Authentication,
+                format!("SASL {mechanism:?}: the broker refused the user name or password"),
+            ),
+            SaslCode::SysTemp => (
+                ErrorKind::Busy,
+                "SASL failed for a temporary system error".into(),
+            ),
+            other => (
+                ErrorKind::Authentication,
+                format!("SASL {mechanism:?} failed ({other:?})"),
+            ),
+        },
+        OpenError::NotImplemented(description) => (
+            ErrorKind::Authentication,
+            format!(
+                "the broker does not offer the SASL mechanism {mechanism:?}{}",
+                description
+                    .as_deref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default()
+            ),
+        ),
+        OpenError::RemoteClosedWithError(e) => (
+            crate::condition_kind(&e.condition),
+            format!(
+                "the broker closed the connection: {:?}{}",
+                e.condition,
+                e.description
+                    .as_deref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
+            ),
+        ),
+        OpenError::RemoteClosed => (
+            ErrorKind::Unreachable,
+            "the broker closed the connection while opening it".into(),
+        ),
+        OpenError::ProtocolHeaderMismatch(_) => (
+            ErrorKind::Protocol,
+            format!("{error} (not an AMQP 1.0 port, or the broker wants another SASL setup)"),
+        ),
+        other => (ErrorKind::Protocol, other.to_string()),
+    }
+}

@@ -11,7 +11,7 @@ use fe2o3_amqp::link::{CreditMode, ReceiverDisposer};
 use fe2o3_amqp::types::messaging::{Body, Source, TerminusExpiryPolicy};
 use fe2o3_amqp::types::primitives::{Symbol, Value};
 use fe2o3_amqp::Receiver;
-use novarpc_core::transport::{Acknowledge, Delivery, Listener};
+use novarpc_core::driver::{Acknowledge, Delivery, Listener};
 use novarpc_core::Result;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -205,7 +205,7 @@ async fn run(
                     let _ = ready.send(Err(exhausted.last_error));
                     return;
                 }
-                tracing::warn!(error = %exhausted.last_error, "receivers cannot reconnect yet; retrying");
+                tracing::debug!(error = %novarpc_core::error_chain(&exhausted.last_error), "receivers cannot reconnect yet; retrying");
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
@@ -222,7 +222,7 @@ async fn run(
                     let _ = ready.send(Err(error));
                     return;
                 }
-                tracing::warn!(%error, "receivers lost their link; reattaching");
+                tracing::warn!(error = %novarpc_core::error_chain(&error), "receivers lost their link; reattaching");
                 connection.mark_broken();
                 broker.reset(generation).await;
                 tokio::select! {
@@ -272,9 +272,14 @@ async fn receive_round(
                 receivers.push(receiver);
             }
             Err(error) => {
+                let remote = match &error {
+                    fe2o3_amqp::link::ReceiverAttachError::RemoteClosedWithError(e) => Some(e),
+                    _ => None,
+                };
                 let error = QpidError::Attach {
                     address: source.describe().to_owned(),
                     reason: error.to_string(),
+                    kind: crate::attach_error_kind(remote),
                 };
                 for receiver in receivers {
                     let _ = receiver.close().await;

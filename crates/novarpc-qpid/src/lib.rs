@@ -12,31 +12,19 @@ mod addressing;
 mod connection;
 mod consumer;
 mod options;
+mod sasl;
 mod transport;
 
 use std::sync::Arc;
 
-use novarpc_core::transport::{Capabilities, DriverDescriptor, Transport};
+use novarpc_core::driver::{Driver, DriverDescriptor};
+use novarpc_core::{Classify, ErrorKind};
 
 pub use addressing::{AddressingProfile, Node, ReplyNode};
 pub use options::{QpidOptions, SaslMechanism};
-pub use transport::QpidTransport;
+pub use transport::QpidDriver;
 
 const BACKEND: &str = "qpid";
-
-pub const CAPABILITIES: Capabilities = Capabilities {
-    call: true,
-    multicall: true,
-    fanout: true,
-    fanout_to_server: true,
-    notifications: true,
-    notification_pools: false,
-    publisher_confirms: true,
-    cross_process: true,
-    redelivers: true,
-    // RabbitMQ 3 cannot delete queues over AMQP 1.0.
-    removes_targets: false,
-};
 
 /// The driver's registration.
 pub const DESCRIPTOR: DriverDescriptor = DriverDescriptor {
@@ -44,7 +32,7 @@ pub const DESCRIPTOR: DriverDescriptor = DriverDescriptor {
     aliases: &["amqp1", "amqp"],
     url_schemes: &["amqp", "amqps", "qpid"],
     config_section: "qpid",
-    capabilities: CAPABILITIES,
+    capabilities: |config| Ok(QpidOptions::from_config(config)?.addressing.capabilities()),
     validate: |config| QpidOptions::from_config(config).map(|_| ()),
     resolved_options: |config| {
         let options = QpidOptions::from_config(config)?;
@@ -52,8 +40,8 @@ pub const DESCRIPTOR: DriverDescriptor = DriverDescriptor {
     },
     connect: |config| {
         Box::pin(async move {
-            let transport: Arc<dyn Transport> = Arc::new(QpidTransport::connect(&config).await?);
-            Ok(transport)
+            let driver: Arc<dyn Driver> = Arc::new(QpidDriver::connect(&config).await?);
+            Ok(driver)
         })
     },
 };
@@ -62,31 +50,112 @@ pub const DESCRIPTOR: DriverDescriptor = DriverDescriptor {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum QpidError {
+    /// Connecting failed: TCP, TLS, SASL or the open handshake.
     #[error("cannot connect to {broker}: {reason}")]
-    Connect { broker: String, reason: String },
+    Connect {
+        /// The broker, without credentials.
+        broker: String,
+        /// What failed.
+        reason: String,
+        /// Its classification.
+        kind: ErrorKind,
+    },
+    /// The TLS setup (files, host name) failed.
     #[error("TLS setup: {0}")]
     Tls(String),
+    /// A session could not be begun or ended unexpectedly.
     #[error("session: {0}")]
     Session(String),
+    /// The broker refused (or did not answer) a link attach.
     #[error("the broker refused a link to `{address}`: {reason}")]
-    Attach { address: String, reason: String },
+    Attach {
+        /// The node's address.
+        address: String,
+        /// The broker's reason.
+        reason: String,
+        /// Its classification.
+        kind: ErrorKind,
+    },
+    /// Sending failed (link or connection lost, no credit or outcome).
     #[error("send failed: {0}")]
     Send(String),
+    /// Receiving failed.
     #[error("receive failed: {0}")]
     Receive(String),
+    /// The message exceeds the link's maximum size.
     #[error("message too large: {0}")]
     TooLarge(String),
+    /// The broker rejected the message.
     #[error("the broker rejected the message sent to `{address}`: {reason}")]
-    Rejected { address: String, reason: String },
+    Rejected {
+        /// The node's address.
+        address: String,
+        /// The broker's reason.
+        reason: String,
+    },
+    /// The broker released the message: it may take it later.
     #[error("the broker released the message sent to `{address}` without delivering it")]
-    Released { address: String },
+    Released {
+        /// The node's address.
+        address: String,
+    },
+    /// The broker could not deliver the message (modified outcome).
     #[error("the broker could not deliver the message sent to `{address}` (modified{})", if *undeliverable_here { ", undeliverable here" } else { "" })]
     Modified {
+        /// The node's address.
         address: String,
+        /// The broker will not take it again on this link.
         undeliverable_here: bool,
     },
-    #[error("gave up after {attempts} attempts: {last}")]
-    GaveUp { attempts: u32, last: Box<QpidError> },
+    /// Retrying a temporary failure did not help.
+    #[error("gave up after {attempts} attempts")]
+    GaveUp {
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last attempt's error.
+        #[source]
+        last: Box<QpidError>,
+    },
+}
+
+impl Classify for QpidError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            QpidError::Connect { kind, .. } | QpidError::Attach { kind, .. } => *kind,
+            QpidError::Tls(_) => ErrorKind::Tls,
+            QpidError::Session(_) | QpidError::Send(_) | QpidError::Receive(_) => {
+                ErrorKind::Unreachable
+            }
+            QpidError::TooLarge(_) | QpidError::Rejected { .. } => ErrorKind::Undeliverable,
+            QpidError::Released { .. } | QpidError::Modified { .. } => ErrorKind::Busy,
+            QpidError::GaveUp { last, .. } => last.kind(),
+        }
+    }
+}
+
+/// The kind of a broker's error condition (on a refused attach or a closed
+/// connection).
+fn condition_kind(condition: &fe2o3_amqp::types::definitions::ErrorCondition) -> ErrorKind {
+    use fe2o3_amqp::types::definitions::{AmqpError, ConnectionError, ErrorCondition};
+    match condition {
+        ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess) => ErrorKind::AccessRefused,
+        ErrorCondition::AmqpError(AmqpError::NotFound) => ErrorKind::AccessRefused,
+        ErrorCondition::AmqpError(AmqpError::ResourceLimitExceeded | AmqpError::ResourceLocked) => {
+            ErrorKind::Busy
+        }
+        ErrorCondition::ConnectionError(
+            ConnectionError::ConnectionForced | ConnectionError::Redirect,
+        ) => ErrorKind::Unreachable,
+        _ => ErrorKind::Protocol,
+    }
+}
+
+/// The kind of a failed attach: a refusal is permanent, a lost session not.
+fn attach_error_kind(remote_error: Option<&fe2o3_amqp::types::definitions::Error>) -> ErrorKind {
+    match remote_error {
+        Some(error) => condition_kind(&error.condition),
+        None => ErrorKind::Unreachable,
+    }
 }
 
 impl QpidError {
@@ -113,10 +182,7 @@ impl QpidError {
 
     /// Whether sending again may succeed.
     fn is_retryable(&self) -> bool {
-        !matches!(
-            self,
-            QpidError::Rejected { .. } | QpidError::TooLarge(_) | QpidError::Tls(_)
-        )
+        self.kind().is_temporary()
     }
 }
 

@@ -6,9 +6,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fe2o3_amqp::types::messaging::{Data, Header, Message, Outcome, Properties};
 use fe2o3_amqp::Sendable;
-use novarpc_amqp::{broker_addresses, ensure, ReplyReceiver, ReplyRegistry, RetryPolicy};
-use novarpc_core::envelope::{self, CallHeader, Request};
-use novarpc_core::transport::{Capabilities, Listener, Transport};
+use novarpc_amqp::{broker_addresses, ensure, ReplyRegistry, RetryPolicy};
+use novarpc_core::driver::{CallInfo, Capabilities, Driver, Listener, OutgoingRequest};
+use novarpc_core::envelope;
 use novarpc_core::{CommonOptions, Config, Error, Priority, Result, Target};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, OnceCell};
@@ -18,7 +18,7 @@ use crate::addressing::{fanout_key, topic_queue, Node, ReplyNode};
 use crate::connection::{AmqpConnection, Broker, QpidConnector};
 use crate::consumer::{QpidListener, ReceiveFrom, ReceiverSet, Sink};
 use crate::options::QpidOptions;
-use crate::{QpidError, BACKEND, CAPABILITIES};
+use crate::{QpidError, BACKEND};
 
 /// How long a send may wait for link credit, and then for its outcome,
 /// before the link is taken for dead.
@@ -48,15 +48,16 @@ impl Drop for Shared {
     }
 }
 
-/// The qpid-like transport: Nova's RPC topology on AMQP 1.0 nodes.
+/// The qpid-like driver: Nova's RPC topology on AMQP 1.0 nodes. Wrap it in
+/// a [`novarpc_core::Transport`].
 #[derive(Clone)]
-pub struct QpidTransport {
+pub struct QpidDriver {
     shared: Arc<Shared>,
 }
 
-impl std::fmt::Debug for QpidTransport {
+impl std::fmt::Debug for QpidDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QpidTransport")
+        f.debug_struct("QpidDriver")
             .field("brokers", &self.shared.senders)
             .field("addressing", &self.shared.options.addressing)
             .field("control_exchange", &self.shared.common.control_exchange)
@@ -111,8 +112,8 @@ fn properties(
         .content_type("application/json")
 }
 
-impl QpidTransport {
-    /// Builds the transport; connects lazily, on first use.
+impl QpidDriver {
+    /// Builds the driver; connects lazily, on first use.
     pub fn new(config: &Config) -> std::result::Result<Self, novarpc_core::ConfigError> {
         let options = QpidOptions::from_config(config)?;
         let common = config.common().clone();
@@ -127,7 +128,7 @@ impl QpidTransport {
         };
         let senders = make_broker("send");
         let receivers = make_broker("receive");
-        Ok(QpidTransport {
+        Ok(QpidDriver {
             shared: Arc::new(Shared {
                 common,
                 send_slots: tokio::sync::Semaphore::new(256),
@@ -146,7 +147,7 @@ impl QpidTransport {
 
     /// Connects now (rather than on first use), to fail fast on a bad broker.
     pub async fn connect(config: &Config) -> Result<Self> {
-        let transport = QpidTransport::new(config)?;
+        let transport = QpidDriver::new(config)?;
         transport
             .shared
             .senders
@@ -210,7 +211,7 @@ impl QpidTransport {
             |_| self.try_send(node, durable_node, &sendable, settlement),
             |error, attempt| {
                 let retry = error.is_retryable() && give_up_at.is_none_or(|at| Instant::now() < at);
-                tracing::warn!(%error, attempt, address = %node.address, retry, "send failed");
+                tracing::debug!(error = %novarpc_core::error_chain(error), attempt, address = %node.address, retry, "send failed");
                 retry
             },
         )
@@ -306,7 +307,7 @@ impl QpidTransport {
     }
 
     /// The per-process reply address, attached on first use.
-    async fn reply_address(&self) -> Result<&str> {
+    async fn reply_node(&self) -> Result<&str> {
         match self.shared.reply_address.get() {
             Some(address) => Ok(address),
             None => Box::pin(self.attach_reply_receiver()).await,
@@ -345,6 +346,7 @@ impl QpidTransport {
                     return Err(Error::from(QpidError::Attach {
                         address: "(reply node)".into(),
                         reason: "the broker named no address for the dynamic reply node".into(),
+                        kind: novarpc_core::ErrorKind::Protocol,
                     }));
                 }
                 Ok::<_, Error>(address)
@@ -381,20 +383,28 @@ impl QpidTransport {
 }
 
 #[async_trait]
-impl Transport for QpidTransport {
+impl Driver for QpidDriver {
     fn backend(&self) -> &'static str {
         BACKEND
     }
 
     fn capabilities(&self) -> Capabilities {
-        CAPABILITIES
+        self.shared.options.addressing.capabilities()
     }
 
     fn options(&self) -> &CommonOptions {
         &self.shared.common
     }
 
-    async fn send(&self, target: &Target, request: &Request<'_>) -> Result<()> {
+    async fn reply_address(&self) -> Result<&str> {
+        self.reply_node().await
+    }
+
+    fn replies(&self) -> &Arc<ReplyRegistry> {
+        &self.shared.replies
+    }
+
+    async fn send(&self, target: &Target, request: OutgoingRequest<'_>) -> Result<()> {
         self.check_open()?;
         let _slot = self.send_slot().await;
         let exchange = self.exchange(target);
@@ -402,17 +412,18 @@ impl Transport for QpidTransport {
             let key = fanout_key(exchange, &target.routing_key());
             (self.shared.options.addressing.multicast_target(&key), false)
         } else {
+            // An anycast node is declared on attach: a cast waits there for
+            // the target's first server.
             (
                 self.anycast(&topic_queue(exchange, &target.routing_key())),
                 true,
             )
         };
-        let body = envelope::encode_request(request, None);
         let props = properties(envelope::new_unique_id(), request.method).build();
         Box::pin(self.deliver(Outgoing {
             node: &node,
             durable_node,
-            message: message(body, props, true, None),
+            message: message(request.body, props, true, None),
             settlement: self.cast_settlement(),
             policy: self.shared.options.retry_policy(),
             give_up_at: None,
@@ -424,39 +435,28 @@ impl Transport for QpidTransport {
     async fn send_call(
         &self,
         target: &Target,
-        request: &Request<'_>,
-        timeout: Duration,
-    ) -> Result<ReplyReceiver> {
+        request: OutgoingRequest<'_>,
+        call: CallInfo<'_>,
+    ) -> Result<()> {
         self.check_open()?;
         let _slot = self.send_slot().await;
-        let reply_address = self.reply_address().await?;
-        let msg_id = envelope::new_unique_id();
-        let body = envelope::encode_request(
-            request,
-            Some(CallHeader {
-                msg_id: &msg_id,
-                reply_q: reply_address,
-            }),
-        );
-        let props = properties(msg_id.clone(), request.method)
-            .reply_to(reply_address.to_owned())
+        let props = properties(call.msg_id.to_owned(), request.method)
+            .reply_to(call.reply_to.to_owned())
             .build();
-        let receiver = self.shared.replies.register(msg_id);
         let node = self.anycast(&topic_queue(self.exchange(target), &target.routing_key()));
         Box::pin(self.deliver(Outgoing {
             node: &node,
             durable_node: true,
             // The broker drops a request nobody took before the caller gave up.
-            message: message(body, props, false, Some(timeout)),
+            message: message(request.body, props, false, Some(call.remaining)),
             // Pre-settled: the reply is the confirmation, and a lost request
             // ends in a timeout (unsettled measured 5-10 % slower).
             settlement: Settlement::PreSettled,
             policy: self.shared.options.retry_policy(),
-            give_up_at: Some(Instant::now() + timeout),
+            give_up_at: Some(Instant::now() + call.remaining),
         }))
         .await
-        .map_err(Error::from)?;
-        Ok(receiver)
+        .map_err(Error::from)
     }
 
     async fn send_reply(&self, reply_q: &str, msg_id: &str, body: Bytes) -> Result<()> {
@@ -538,13 +538,8 @@ impl Transport for QpidTransport {
         pool: Option<&str>,
     ) -> Result<Box<dyn Listener>> {
         self.check_open()?;
-        if pool.is_some() {
-            return Err(Error::Unsupported {
-                backend: BACKEND,
-                operation:
-                    "notification listener pools (AMQP 1.0 cannot bind a shared queue of its own)",
-            });
-        }
+        // Pools are refused by the handle (no `notification_pools`).
+        debug_assert!(pool.is_none());
         let mut sources = Vec::new();
         for target in targets {
             let exchange = self.exchange(target);
@@ -559,7 +554,7 @@ impl Transport for QpidTransport {
         self.start_listener(sources).await
     }
 
-    async fn cleanup(&self) -> Result<()> {
+    async fn close(&self) -> Result<()> {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }

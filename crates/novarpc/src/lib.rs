@@ -16,11 +16,9 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "logging")]
+pub mod logging;
 mod registry;
-
-use std::ops::Deref;
-use std::path::Path;
-use std::sync::Arc;
 
 pub use novarpc_core::*;
 pub use registry::Registry;
@@ -34,59 +32,17 @@ pub use novarpc_qpid as qpid;
 /// Re-exported so services can build arguments with `novarpc::serde_json::json!`.
 pub use serde_json;
 
-/// A validated configuration: `[DEFAULT]` is resolved, the backend it selects is
-/// known, and every driver table parses.
-#[derive(Clone, Debug)]
-pub struct Config {
-    inner: novarpc_core::Config,
+/// Checks `config` against the built-in drivers without connecting: the
+/// backend it selects exists and every driver table parses. [`connect`] does
+/// this too; tools call it to report problems early.
+pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    Registry::builtin().validate(config).map(|_| ())
 }
 
-impl Config {
-    /// Reads and validates a TOML file (with `NOVARPC_*` environment overrides)
-    /// against the built-in drivers.
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
-        Config::validated(novarpc_core::Config::from_file(path)?, &Registry::builtin())
-    }
-
-    /// Parses and validates TOML text; `origin` names it in errors.
-    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        Config::validated(
-            novarpc_core::Config::from_toml_str(text, origin)?,
-            &Registry::builtin(),
-        )
-    }
-
-    /// Validates a core configuration against `registry`.
-    pub fn validated(
-        inner: novarpc_core::Config,
-        registry: &Registry,
-    ) -> Result<Config, ConfigError> {
-        registry.validate(&inner)?;
-        Ok(Config { inner })
-    }
-
-    /// The embedded default: the `memory` backend.
-    pub fn memory() -> Config {
-        Config {
-            inner: novarpc_core::Config::default(),
-        }
-    }
-
-    pub fn into_inner(self) -> novarpc_core::Config {
-        self.inner
-    }
-}
-
-impl Deref for Config {
-    type Target = novarpc_core::Config;
-
-    fn deref(&self) -> &Self::Target {
-        &self.inner
-    }
-}
-
-/// Builds the transport the configuration selects, from the built-in drivers.
-pub async fn connect(config: &Config) -> Result<Arc<dyn Transport>, Error> {
+/// Builds the transport the configuration selects, from the built-in drivers,
+/// and connects it (a broker that cannot be reached, or refuses the
+/// credentials, fails here with the classified error).
+pub async fn connect(config: &Config) -> Result<Transport, Error> {
     Registry::builtin().connect(config).await
 }
 

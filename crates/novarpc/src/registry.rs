@@ -1,6 +1,5 @@
-use std::sync::Arc;
-
-use novarpc_core::{Config, ConfigError, DriverDescriptor, Error, Transport};
+use novarpc_core::driver::DriverDescriptor;
+use novarpc_core::{Config, ConfigError, Error, Transport};
 
 /// The drivers novarpc can build, looked up by `rpc_backend` name or alias, or by
 /// the scheme of `transport_url`.
@@ -67,14 +66,17 @@ impl Registry {
         Ok(())
     }
 
+    /// The registered drivers.
     pub fn drivers(&self) -> &[DriverDescriptor] {
         &self.drivers
     }
 
+    /// The driver answering to `name` (or an alias).
     pub fn by_name(&self, name: &str) -> Option<&DriverDescriptor> {
         self.drivers.iter().find(|d| d.answers_to(name))
     }
 
+    /// The driver handling transport URLs of `scheme`.
     pub fn by_scheme(&self, scheme: &str) -> Option<&DriverDescriptor> {
         self.drivers
             .iter()
@@ -180,9 +182,10 @@ impl Registry {
     }
 
     /// Validates `config` and builds the transport of the driver it selects.
-    pub async fn connect(&self, config: &Config) -> Result<Arc<dyn Transport>, Error> {
+    pub async fn connect(&self, config: &Config) -> Result<Transport, Error> {
         let driver = self.validate(config)?;
-        (driver.connect)(config.clone()).await
+        let driver = (driver.connect)(config.clone()).await?;
+        Ok(Transport::from_driver(driver))
     }
 }
 

@@ -143,7 +143,7 @@ fn compute_endpoint(host: &str, notifier: Notifier) -> Endpoint {
         })
 }
 
-async fn start_compute(transport: &Arc<dyn Transport>, host: &str) -> Result<RpcServer> {
+async fn start_compute(transport: &Transport, host: &str) -> Result<RpcServer> {
     let notifier = Notifier::new(transport.clone(), format!("compute.{host}"));
     let server = RpcServer::builder(transport.clone(), Target::new("compute").server(host))
         .endpoint(compute_endpoint(host, notifier))
@@ -154,7 +154,7 @@ async fn start_compute(transport: &Arc<dyn Transport>, host: &str) -> Result<Rpc
 }
 
 async fn start_scheduler(
-    transport: &Arc<dyn Transport>,
+    transport: &Transport,
     seen: Arc<AtomicUsize>,
 ) -> Result<(RpcServer, tokio::task::JoinHandle<()>)> {
     let hosts = ["compute1", "compute2"];
@@ -203,7 +203,7 @@ async fn start_scheduler(
     Ok((server, printer))
 }
 
-async fn run_api(transport: &Arc<dyn Transport>) -> Result<()> {
+async fn run_api(transport: &Transport) -> Result<()> {
     let mut ctx = Context::new();
     ctx.insert("request_id".into(), json!("req-42"));
     ctx.insert("user_id".into(), json!("demo"));
@@ -296,11 +296,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    novarpc::logging::init("warn");
     let cli = Cli::parse();
     let config = novarpc::Config::from_file(&cli.config)
         .with_context(|| format!("loading {}", cli.config))?;

@@ -8,7 +8,6 @@ mod broker;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -18,28 +17,24 @@ use std::sync::OnceLock as OnceCell;
 use tokio::sync::mpsc;
 
 use crate::config::{CommonOptions, Config, ConfigError};
-use crate::envelope::{self, CallHeader, Request};
-use crate::error::{Error, Result};
+use crate::driver::{
+    CallInfo, Capabilities, Delivery, Driver, DriverDescriptor, Listener, OutgoingRequest,
+};
+use crate::error::{Error, ErrorKind, Result};
 use crate::notify::Priority;
-use crate::reply::{ReplyReceiver, ReplyRegistry};
+use crate::reply::ReplyRegistry;
 use crate::target::Target;
-use crate::transport::{Capabilities, Delivery, DriverDescriptor, Listener, Transport};
 
 use broker::{Broker, Queue, QueueKind};
 
 const BACKEND: &str = "memory";
 
+/// What the in-process broker can do: everything but crossing processes.
 pub const CAPABILITIES: Capabilities = Capabilities {
-    call: true,
-    multicall: true,
-    fanout: true,
-    fanout_to_server: true,
-    notifications: true,
-    notification_pools: true,
     publisher_confirms: false,
     cross_process: false,
     redelivers: false,
-    removes_targets: true,
+    ..Capabilities::ALL
 };
 
 /// The driver's registration.
@@ -48,7 +43,7 @@ pub const DESCRIPTOR: DriverDescriptor = DriverDescriptor {
     aliases: &["fake", "in-memory"],
     url_schemes: &["memory", "fake"],
     config_section: "memory",
-    capabilities: CAPABILITIES,
+    capabilities: |_| Ok(CAPABILITIES),
     validate: |config| config.section::<MemoryOptions>("memory").map(|_| ()),
     resolved_options: |config| {
         let options: MemoryOptions = config.section("memory")?;
@@ -56,8 +51,8 @@ pub const DESCRIPTOR: DriverDescriptor = DriverDescriptor {
     },
     connect: |config| {
         Box::pin(async move {
-            let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::from_config(&config)?);
-            Ok(transport)
+            let driver: Arc<dyn Driver> = Arc::new(MemoryDriver::from_config(&config)?);
+            Ok(driver)
         })
     },
 };
@@ -85,33 +80,27 @@ fn named_broker(name: &str) -> Arc<Broker> {
     broker
 }
 
-/// The in-process transport.
+/// The in-process driver.
 #[derive(Debug)]
-pub struct MemoryTransport {
+pub struct MemoryDriver {
     broker: Arc<Broker>,
     options: CommonOptions,
-    reply: OnceCell<ReplyQueue>,
-    closed: std::sync::atomic::AtomicBool,
+    reply_queue: OnceCell<String>,
+    replies: Arc<ReplyRegistry>,
 }
 
-#[derive(Debug)]
-struct ReplyQueue {
-    name: String,
-    registry: Arc<ReplyRegistry>,
-}
-
-impl MemoryTransport {
+impl MemoryDriver {
     /// A transport with a broker of its own.
     pub fn new(options: CommonOptions) -> Self {
-        MemoryTransport::with_broker(Arc::new(Broker::default()), options)
+        MemoryDriver::with_broker(Arc::new(Broker::default()), options)
     }
 
     fn with_broker(broker: Arc<Broker>, options: CommonOptions) -> Self {
-        MemoryTransport {
+        MemoryDriver {
             broker,
             options,
-            reply: OnceCell::new(),
-            closed: false.into(),
+            reply_queue: OnceCell::new(),
+            replies: ReplyRegistry::new(),
         }
     }
 
@@ -121,16 +110,13 @@ impl MemoryTransport {
             Some(name) => named_broker(name),
             None => Arc::new(Broker::default()),
         };
-        Ok(MemoryTransport::with_broker(
-            broker,
-            config.common().clone(),
-        ))
+        Ok(MemoryDriver::with_broker(broker, config.common().clone()))
     }
 
     /// Another transport on the same in-process broker (as a second process
     /// would connect to the same RabbitMQ).
     pub fn connect_sibling(&self) -> Self {
-        MemoryTransport::with_broker(self.broker.clone(), self.options.clone())
+        MemoryDriver::with_broker(self.broker.clone(), self.options.clone())
     }
 
     /// Publishes raw bytes to `exchange` with `routing_key`, bypassing the
@@ -144,24 +130,15 @@ impl MemoryTransport {
         self.broker.queue_names()
     }
 
-    fn check_open(&self) -> Result<()> {
-        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
-            Err(Error::Closed)
-        } else {
-            Ok(())
-        }
-    }
-
     fn exchange<'a>(&'a self, target: &'a Target) -> &'a str {
         target.exchange_or(&self.options.control_exchange)
     }
 
-    fn reply_queue(&self) -> &ReplyQueue {
-        self.reply.get_or_init(|| {
+    fn reply_queue(&self) -> &str {
+        self.reply_queue.get_or_init(|| {
             let name = format!("reply_{}", crate::new_uuid_hex());
-            let registry = ReplyRegistry::new();
-            self.broker.add_reply_queue(&name, &registry);
-            ReplyQueue { name, registry }
+            self.broker.add_reply_queue(&name, &self.replies);
+            name
         })
     }
 
@@ -179,7 +156,7 @@ impl MemoryTransport {
 }
 
 #[async_trait]
-impl Transport for MemoryTransport {
+impl Driver for MemoryDriver {
     fn backend(&self) -> &'static str {
         BACKEND
     }
@@ -192,10 +169,28 @@ impl Transport for MemoryTransport {
         &self.options
     }
 
-    async fn send(&self, target: &Target, request: &Request<'_>) -> Result<()> {
-        self.check_open()?;
-        if !self.route(target, envelope::encode_request(request, None)) {
-            tracing::debug!(target_ = %target, "cast dropped: no queue is bound for it");
+    async fn reply_address(&self) -> Result<&str> {
+        Ok(self.reply_queue())
+    }
+
+    fn replies(&self) -> &Arc<ReplyRegistry> {
+        &self.replies
+    }
+
+    async fn send(&self, target: &Target, request: OutgoingRequest<'_>) -> Result<()> {
+        if !target.fanout {
+            // A cast waits in its target's shared queue for the first server,
+            // as on the brokers.
+            let key = target.routing_key();
+            self.broker.declare_queue(
+                &key,
+                QueueKind::Shared,
+                self.exchange(target),
+                &[key.as_str()],
+            );
+        }
+        if !self.route(target, request.body) {
+            tracing::debug!(target_ = %target, "fanout cast dropped: nobody listens");
         }
         Ok(())
     }
@@ -203,32 +198,21 @@ impl Transport for MemoryTransport {
     async fn send_call(
         &self,
         target: &Target,
-        request: &Request<'_>,
-        _timeout: Duration,
-    ) -> Result<ReplyReceiver> {
-        self.check_open()?;
-        let reply = self.reply_queue();
-        let msg_id = crate::new_uuid_hex();
-        let body = envelope::encode_request(
-            request,
-            Some(CallHeader {
-                msg_id: &msg_id,
-                reply_q: &reply.name,
-            }),
-        );
-        let receiver = reply.registry.register(msg_id);
-        self.route(target, body);
-        Ok(receiver)
+        request: OutgoingRequest<'_>,
+        _call: CallInfo<'_>,
+    ) -> Result<()> {
+        self.route(target, request.body);
+        Ok(())
     }
 
-    async fn send_reply(&self, reply_q: &str, _msg_id: &str, body: Bytes) -> Result<()> {
-        self.check_open()?;
-        if self.broker.deliver_reply(reply_q, &body) {
+    async fn send_reply(&self, reply_to: &str, _msg_id: &str, body: Bytes) -> Result<()> {
+        if self.broker.deliver_reply(reply_to, &body) {
             Ok(())
         } else {
-            Err(Error::transport(
+            Err(Error::transport_of_kind(
                 BACKEND,
-                format!("reply queue `{reply_q}` does not exist (the caller went away)"),
+                ErrorKind::Undeliverable,
+                format!("reply queue `{reply_to}` does not exist (the caller went away)"),
             ))
         }
     }
@@ -239,7 +223,6 @@ impl Transport for MemoryTransport {
         priority: Priority,
         body: Bytes,
     ) -> Result<()> {
-        self.check_open()?;
         let key = target.notification_key(priority);
         let exchange = self.exchange(target);
         // Like oslo's notifier, declare the queue so nothing is lost before a
@@ -251,7 +234,6 @@ impl Transport for MemoryTransport {
     }
 
     async fn listen(&self, target: &Target) -> Result<Box<dyn Listener>> {
-        self.check_open()?;
         let exchange = self.exchange(target);
         let topic = target.topic.as_str();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -296,7 +278,6 @@ impl Transport for MemoryTransport {
         priorities: &[Priority],
         pool: Option<&str>,
     ) -> Result<Box<dyn Listener>> {
-        self.check_open()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let mut subscriptions: Vec<(Arc<Queue>, u64)> = Vec::new();
         for target in targets {
@@ -326,7 +307,6 @@ impl Transport for MemoryTransport {
     }
 
     async fn tap(&self, target: &Target) -> Result<Box<dyn Listener>> {
-        self.check_open()?;
         let exchange = self.exchange(target);
         let (tx, rx) = mpsc::unbounded_channel();
         let name = format!("novarpc_tap_{}", crate::new_uuid_hex());
@@ -361,21 +341,19 @@ impl Transport for MemoryTransport {
         Ok(())
     }
 
-    async fn cleanup(&self) -> Result<()> {
-        self.closed
-            .store(true, std::sync::atomic::Ordering::Release);
-        if let Some(reply) = self.reply.get() {
-            self.broker.remove_reply_queue(&reply.name);
-            reply.registry.close_all();
+    async fn close(&self) -> Result<()> {
+        if let Some(name) = self.reply_queue.get() {
+            self.broker.remove_reply_queue(name);
         }
+        self.replies.close_all();
         Ok(())
     }
 }
 
-impl Drop for MemoryTransport {
+impl Drop for MemoryDriver {
     fn drop(&mut self) {
-        if let Some(reply) = self.reply.get() {
-            self.broker.remove_reply_queue(&reply.name);
+        if let Some(name) = self.reply_queue.get() {
+            self.broker.remove_reply_queue(name);
         }
     }
 }
