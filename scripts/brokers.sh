@@ -134,3 +134,29 @@ ensure_proton() {
     fi
     echo "python-qpid-proton $("$NOVARPC_VENV/bin/python" -c 'import proton; print(proton.VERSION)' 2>/dev/null | tr -d '(),' | tr ' ' '.') in $NOVARPC_VENV"
 }
+
+# RabbitMQ 4 (in a Debian trixie chroot) and Qpid Proton's example broker.
+# shellcheck source=scripts/brokers-extra.sh
+source "$(dirname "${BASH_SOURCE[0]}")/brokers-extra.sh"
+
+# Brokers this run started, stopped again when it ends (`stop_started_brokers`).
+NOVARPC_STARTED_BROKERS=()
+
+# Like ensure_proton_broker, remembering whether this run started it.
+ensure_proton_broker_for_run() {
+    _proton_running || NOVARPC_STARTED_BROKERS+=(stop_proton_broker)
+    ensure_proton_broker
+}
+
+# Like ensure_rabbitmq4, remembering whether this run started it.
+ensure_rabbitmq4_for_run() {
+    _rmq4_running || NOVARPC_STARTED_BROKERS+=(stop_rabbitmq4)
+    ensure_rabbitmq4
+}
+
+stop_started_brokers() {
+    local stop
+    for stop in "${NOVARPC_STARTED_BROKERS[@]}"; do
+        "$stop" || true
+    done
+}

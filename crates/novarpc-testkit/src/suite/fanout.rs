@@ -1,0 +1,53 @@
+//! Fanout casts: every server of a topic, every listener of one server.
+
+#[allow(unused_imports)]
+use super::*;
+
+pub async fn fanout_cast_reaches_every_server(backend: &dyn Backend) -> Result<()> {
+    let mut f = Fixture::new(backend).await?;
+    for host in ["host1", "host2", "host3"] {
+        f.serve(backend, host).await?;
+    }
+    f.client()
+        .fanout_cast(&ctx(), "record", &json!({"value": "f"}))
+        .await?;
+    let mut hosts = Vec::new();
+    for _ in 0..3 {
+        hosts.push(f.next_record().await?.0);
+    }
+    hosts.sort();
+    ensure!(
+        hosts == ["host1", "host2", "host3"],
+        "fanout reached {hosts:?}"
+    );
+    let extra = f.drain_records(backend.settle_time()).await;
+    ensure!(extra.is_empty(), "fanout delivered extra copies: {extra:?}");
+    f.stop().await
+}
+
+pub async fn fanout_cast_to_server_reaches_only_its_listeners(backend: &dyn Backend) -> Result<()> {
+    let mut f = Fixture::new(backend).await?;
+    f.serve(backend, "host1").await?;
+    f.serve(backend, "host1").await?;
+    f.serve(backend, "host2").await?;
+    let result = f
+        .client()
+        .fanout_cast_to_server(&ctx(), "host1", "record", &json!({"value": "fs"}))
+        .await;
+    if !f.client_transport.capabilities().fanout_to_server {
+        ensure!(
+            matches!(result, Err(Error::Unsupported { .. })),
+            "a backend without fanout_to_server must say Unsupported, got {result:?}"
+        );
+        return f.stop().await;
+    }
+    result?;
+    let got = vec![f.next_record().await?, f.next_record().await?];
+    ensure!(
+        got.iter().all(|(host, _)| host == "host1"),
+        "reached {got:?}"
+    );
+    let extra = f.drain_records(backend.settle_time()).await;
+    ensure!(extra.is_empty(), "extra deliveries: {extra:?}");
+    f.stop().await
+}
