@@ -76,11 +76,23 @@ pub fn kombu_with(kombu_options: &str) -> KombuBackend {
     kombu_full("", kombu_options)
 }
 
-/// The kombu backend with these `[DEFAULT]` and `[kombu]` options (TOML lines).
+/// `[kombu]` lines the environment adds (`NOVARPC_TEST_KOMBU_OPTIONS`, TOML
+/// lines separated by `;` or newlines), e.g. `quorum_queues = true;
+/// transient_quorum_queue = true` for a RabbitMQ 4 that denies transient
+/// non-exclusive queues.
+pub fn kombu_env_options() -> String {
+    std::env::var("NOVARPC_TEST_KOMBU_OPTIONS")
+        .map(|lines| lines.replace(';', "\n") + "\n")
+        .unwrap_or_default()
+}
+
+/// The kombu backend with these `[DEFAULT]` and `[kombu]` options (TOML
+/// lines), plus what the environment asks for ([`kombu_env_options`]).
 pub fn kombu_full(default_options: &str, kombu_options: &str) -> KombuBackend {
     let text = format!(
-        "[DEFAULT]\nrpc_backend = \"kombu\"\ntransport_url = \"{}\"\nrpc_response_timeout = 10\n{default_options}\n\n[kombu]\n{kombu_options}\n",
-        rabbit_url()
+        "[DEFAULT]\nrpc_backend = \"kombu\"\ntransport_url = \"{}\"\nrpc_response_timeout = 10\n{default_options}\n\n[kombu]\n{}{kombu_options}\n",
+        rabbit_url(),
+        kombu_env_options()
     );
     let config =
         novarpc::Config::from_toml_str(&text, "<conformance kombu>").expect("valid config");
@@ -241,21 +253,40 @@ impl QpidBackend {
     }
 }
 
-/// Sends one message with a raw fe2o3-amqp client to `address`, waiting for
-/// the broker's `accepted`.
+/// Sends one message with a raw fe2o3-amqp client to `address` on the
+/// AMQP 1.0 test broker (`NOVARPC_TEST_AMQP1_URL`, with
+/// `NOVARPC_TEST_AMQP1_SASL`), waiting for the broker's `accepted`.
 pub async fn raw_amqp1_send(address: &str, body: &[u8]) -> anyhow::Result<()> {
     use anyhow::Context as _;
+    use fe2o3_amqp::sasl_profile::SaslProfile;
     use fe2o3_amqp::types::messaging::{Data, Message, Outcome};
-    let stream = tokio::net::TcpStream::connect("127.0.0.1:5672")
+    let url: novarpc::TransportUrl = amqp1_url().parse()?;
+    let host = url
+        .hosts
+        .first()
+        .context("the AMQP 1.0 test URL names no host")?;
+    let port = host.port.unwrap_or(5672);
+    let stream = tokio::net::TcpStream::connect((host.hostname.as_str(), port))
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the AMQP 1.0 broker: {e}; {START_AMQP1}"))?;
     stream.set_nodelay(true)?;
+    let anonymous =
+        std::env::var("NOVARPC_TEST_AMQP1_SASL").is_ok_and(|m| m.eq_ignore_ascii_case("anonymous"));
+    let sasl = if anonymous {
+        SaslProfile::Anonymous
+    } else {
+        SaslProfile::Plain {
+            username: host.username.clone().unwrap_or_else(|| "guest".into()),
+            password: host
+                .password
+                .as_ref()
+                .map(|p| p.expose().to_owned())
+                .unwrap_or_else(|| "guest".into()),
+        }
+    };
     let mut connection = fe2o3_amqp::Connection::builder()
         .container_id(crate::unique("raw"))
-        .sasl_profile(fe2o3_amqp::sasl_profile::SaslProfile::Plain {
-            username: "guest".into(),
-            password: "guest".into(),
-        })
+        .sasl_profile(sasl)
         .open_with_stream(stream)
         .await
         .map_err(|e| anyhow::anyhow!("AMQP 1.0 open failed: {e}; {START_AMQP1}"))?;
@@ -297,12 +328,22 @@ impl Backend for QpidBackend {
         routing_key: &str,
         body: &[u8],
     ) -> anyhow::Result<()> {
-        raw_amqp1_send(&format!("/queue/{exchange}.{routing_key}"), body).await
+        let options = novarpc::qpid::QpidOptions::from_config(&self.config)?;
+        let node = options
+            .addressing()
+            .anycast(&format!("{exchange}.{routing_key}"));
+        raw_amqp1_send(&node.address, body).await
     }
 
     /// AMQP 1.0 cannot delete queues on RabbitMQ 3: the test broker's 0-9-1
-    /// side removes the shared queues (named `<exchange>.<queue>`).
+    /// side removes the shared queues (named `<exchange>.<queue>`). Other
+    /// brokers' test queues are left to the broker (the Proton example
+    /// broker keeps them in memory until it stops).
     async fn remove_topology(&self, queues: &[String], exchanges: &[String]) -> anyhow::Result<()> {
+        let options = novarpc::qpid::QpidOptions::from_config(&self.config)?;
+        if options.addressing != novarpc::qpid::AddressingProfile::Rabbitmq3 {
+            return Ok(());
+        }
         let names: Vec<String> = exchanges
             .iter()
             .flat_map(|exchange| {

@@ -10,7 +10,6 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
     QueueDeleteOptions,
 };
-use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
 use novarpc_core::driver::{Acknowledge, Delivery, Listener};
 use tokio_util::sync::CancellationToken;
@@ -82,7 +81,7 @@ impl ConsumerSet {
                             no_ack: self.no_ack,
                             ..BasicConsumeOptions::default()
                         },
-                        FieldTable::default(),
+                        queue.consumer_arguments.clone(),
                     )
                     .await?;
                 tags.push(consumer.tag().to_string());

@@ -39,13 +39,29 @@ pub struct KombuOptions {
     /// `x-delivery-limit` of quorum queues (0: none).
     #[serde(alias = "rabbit_quorum_delivery_limit")]
     pub quorum_delivery_limit: u32,
+    /// `x-max-in-memory-length` of quorum queues (0: none).
+    #[serde(alias = "rabbit_quorum_max_memory_length")]
+    pub quorum_max_memory_length: u32,
+    /// `x-max-in-memory-bytes` of quorum queues (0: none).
+    #[serde(alias = "rabbit_quorum_max_memory_bytes")]
+    pub quorum_max_memory_bytes: u64,
+    /// Reply and fanout queues as quorum queues (durable, replicated), and a
+    /// durable fanout exchange, as oslo's `rabbit_transient_quorum_queue`:
+    /// RabbitMQ 4 deployments that deny the deprecated transient
+    /// non-exclusive queues need it (with `quorum_queues` or `durable_queues`).
+    #[serde(alias = "rabbit_transient_quorum_queue")]
+    pub transient_quorum_queue: bool,
+    /// One stream queue `<topic>_fanout` per topic instead of a queue per
+    /// listener, as oslo's `rabbit_stream_fanout` (needs
+    /// `transient_quorum_queue` and a non-zero `prefetch_count`).
+    #[serde(alias = "rabbit_stream_fanout")]
+    pub stream_fanout: bool,
     /// Wait for the broker's confirmation of casts and notifications.
     pub publisher_confirms: bool,
-    /// Publish casts to a topic or server as mandatory: a cast no queue takes
-    /// (nobody ever listened, or the broker restarted and the servers have not
-    /// re-declared their queues yet) is retried, then reported as an error,
-    /// instead of being confirmed and dropped. oslo drops such casts silently:
-    /// set `false` for that. Fanout casts are never mandatory.
+    /// Publish casts to a topic or server as mandatory. A cast declares its
+    /// target's queue first (so it waits there for a server); a cast the
+    /// broker still returns is reported as undeliverable instead of being
+    /// confirmed and dropped. Fanout casts are never mandatory.
     pub mandatory_casts: bool,
     /// Publish replies as mandatory, so a reply to a vanished caller is reported.
     #[serde(alias = "direct_mandatory_flag")]
@@ -87,6 +103,10 @@ impl Default for KombuOptions {
             transient_queues_ttl: 1800,
             quorum_queues: false,
             quorum_delivery_limit: 0,
+            quorum_max_memory_length: 0,
+            quorum_max_memory_bytes: 0,
+            transient_quorum_queue: false,
+            stream_fanout: false,
             publisher_confirms: true,
             mandatory_casts: true,
             mandatory_replies: true,
@@ -124,6 +144,21 @@ impl KombuOptions {
         )?;
         if options.channel_pool_size == 0 {
             return Err(config.invalid("kombu", "channel_pool_size", "must be at least 1"));
+        }
+        // oslo refuses the same combinations.
+        if options.stream_fanout && options.prefetch_count == 0 {
+            return Err(config.invalid(
+                "kombu",
+                "stream_fanout",
+                "stream fanout queues need a non-zero prefetch_count",
+            ));
+        }
+        if options.stream_fanout && !options.transient_quorum_queue {
+            return Err(config.invalid(
+                "kombu",
+                "stream_fanout",
+                "stream fanout needs transient_quorum_queue = true",
+            ));
         }
         if options.ssl_cert_file.is_some() != options.ssl_key_file.is_some() {
             return Err(config.invalid(

@@ -41,7 +41,8 @@ impl Exchange {
                 options.durable_queues,
                 options.auto_delete,
             ),
-            Exchange::Fanout(_) => (ExchangeKind::Fanout, false, true),
+            // oslo makes it durable with transient quorum queues.
+            Exchange::Fanout(_) => (ExchangeKind::Fanout, options.transient_quorum_queue, true),
         };
         channel
             .exchange_declare(
@@ -70,6 +71,34 @@ pub(crate) struct QueueSpec {
     pub(crate) bindings: Vec<(Exchange, String)>,
     /// Deleted when its listener stops (per-process fanout and reply queues).
     pub(crate) transient: bool,
+    /// Arguments of `basic.consume` (`x-stream-offset` on streams).
+    pub(crate) consumer_arguments: FieldTable,
+}
+
+/// oslo's quorum queue arguments (`_get_queue_arguments`).
+fn quorum_arguments(arguments: &mut FieldTable, options: &KombuOptions) {
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    if options.quorum_delivery_limit > 0 {
+        arguments.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongInt(options.quorum_delivery_limit.min(i32::MAX as u32) as i32),
+        );
+    }
+    if options.quorum_max_memory_length > 0 {
+        arguments.insert(
+            "x-max-in-memory-length".into(),
+            AMQPValue::LongInt(options.quorum_max_memory_length.min(i32::MAX as u32) as i32),
+        );
+    }
+    if options.quorum_max_memory_bytes > 0 {
+        arguments.insert(
+            "x-max-in-memory-bytes".into(),
+            AMQPValue::LongLongInt(options.quorum_max_memory_bytes.min(i64::MAX as u64) as i64),
+        );
+    }
 }
 
 impl QueueSpec {
@@ -85,16 +114,7 @@ impl QueueSpec {
         let mut durable = options.durable_queues;
         if options.quorum_queues {
             durable = true;
-            arguments.insert(
-                "x-queue-type".into(),
-                AMQPValue::LongString("quorum".into()),
-            );
-            if options.quorum_delivery_limit > 0 {
-                arguments.insert(
-                    "x-delivery-limit".into(),
-                    AMQPValue::LongInt(options.quorum_delivery_limit.min(i32::MAX as u32) as i32),
-                );
-            }
+            quorum_arguments(&mut arguments, options);
         }
         QueueSpec {
             name: name.to_owned(),
@@ -104,35 +124,73 @@ impl QueueSpec {
             arguments,
             bindings: vec![(Exchange::Topic(exchange.to_owned()), routing_key.to_owned())],
             transient: false,
+            consumer_arguments: FieldTable::default(),
         }
     }
 
+    /// A per-process queue that expires when unused (`x-expires`), as a
+    /// quorum queue with `transient_quorum_queue`.
     fn expiring(name: String, bindings: Vec<(Exchange, String)>, options: &KombuOptions) -> Self {
         let mut arguments = FieldTable::default();
-        arguments.insert(
-            "x-expires".into(),
-            AMQPValue::LongInt(options.transient_ttl_ms().min(i32::MAX as u32) as i32),
-        );
+        if options.transient_quorum_queue {
+            quorum_arguments(&mut arguments, options);
+        }
+        if options.transient_queues_ttl > 0 {
+            arguments.insert(
+                "x-expires".into(),
+                AMQPValue::LongInt(options.transient_ttl_ms().min(i32::MAX as u32) as i32),
+            );
+        }
         QueueSpec {
             name,
-            durable: false,
+            durable: options.transient_quorum_queue,
             auto_delete: false,
             exclusive: false,
             arguments,
             bindings,
             transient: true,
+            consumer_arguments: FieldTable::default(),
         }
     }
 
     /// impl_kombu's FanoutConsumer: `<topic>_fanout_<uuid>`, bound to
-    /// `<topic>_fanout` with key `<topic>`.
+    /// `<topic>_fanout` with key `<topic>`; with `stream_fanout`, the one
+    /// stream `<topic>_fanout` every listener of the topic reads from.
     pub(crate) fn fanout_consumer(target: &Target, unique: &str, options: &KombuOptions) -> Self {
         let exchange = target.fanout_exchange();
-        QueueSpec::expiring(
-            format!("{exchange}_{unique}"),
-            vec![(Exchange::Fanout(exchange), target.topic.clone())],
-            options,
-        )
+        let bindings = vec![(Exchange::Fanout(exchange.clone()), target.topic.clone())];
+        if options.stream_fanout {
+            let mut arguments = FieldTable::default();
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("stream".into()),
+            );
+            if options.transient_queues_ttl > 0 {
+                arguments.insert(
+                    "x-max-age".into(),
+                    AMQPValue::LongString(format!("{}s", options.transient_queues_ttl).into()),
+                );
+            }
+            let mut consumer_arguments = FieldTable::default();
+            // Only what is published from now on (a new listener does not
+            // replay the stream's history).
+            consumer_arguments.insert(
+                "x-stream-offset".into(),
+                AMQPValue::LongString("next".into()),
+            );
+            return QueueSpec {
+                name: exchange,
+                durable: true,
+                auto_delete: false,
+                exclusive: false,
+                arguments,
+                bindings,
+                // Shared by every listener of the topic: it outlives each.
+                transient: false,
+                consumer_arguments,
+            };
+        }
+        QueueSpec::expiring(format!("{exchange}_{unique}"), bindings, options)
     }
 
     /// impl_kombu's DirectConsumer: `reply_<uuid>`, on the default exchange only.
@@ -163,6 +221,7 @@ impl QueueSpec {
             arguments: FieldTable::default(),
             bindings,
             transient: true,
+            consumer_arguments: FieldTable::default(),
         }
     }
 

@@ -83,6 +83,11 @@ pub(crate) struct AmqpConnection {
     connection: tokio::sync::Mutex<ConnectionHandle<()>>,
     session: tokio::sync::Mutex<SessionHandle<()>>,
     senders: parking_lot::Mutex<SenderCache>,
+    /// One gate per address being attached: concurrent first sends to an
+    /// address wait for one attach instead of each attaching a link (1000
+    /// concurrent calls used to attach 272 links for 2 addresses, which some
+    /// brokers answer with `no such handle` errors).
+    attaching: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Cancelled once the connection is known to be unusable.
     closed: CancellationToken,
     durable_queues: bool,
@@ -174,26 +179,49 @@ impl AmqpConnection {
         }
     }
 
-    /// The sender link to `node`, attached on first use.
+    /// The cached sender link to `address`, marked as just used.
+    fn cached_sender(&self, address: &str) -> Option<SharedSender> {
+        let mut cache = self.senders.lock();
+        cache.clock += 1;
+        let now = cache.clock;
+        cache.links.get_mut(address).map(|(used, sender)| {
+            *used = now;
+            sender.clone()
+        })
+    }
+
+    /// The sender link to `node`, attached on first use: one attach per
+    /// address, however many sends start at once.
     pub(crate) async fn sender(
         &self,
         node: &Node,
         durable: bool,
     ) -> Result<SharedSender, QpidError> {
-        {
-            let mut cache = self.senders.lock();
-            cache.clock += 1;
-            let now = cache.clock;
-            if let Some((used, sender)) = cache.links.get_mut(&node.address) {
-                *used = now;
-                return Ok(sender.clone());
-            }
+        if let Some(sender) = self.cached_sender(&node.address) {
+            return Ok(sender);
         }
+        let gate = self
+            .attaching
+            .lock()
+            .entry(node.address.clone())
+            .or_default()
+            .clone();
+        let _attaching = gate.lock().await;
+        // Whoever held the gate before may have attached it.
+        if let Some(sender) = self.cached_sender(&node.address) {
+            return Ok(sender);
+        }
+        let attached = self.attach_sender(node, durable).await;
+        self.attaching.lock().remove(&node.address);
+        attached
+    }
+
+    async fn attach_sender(&self, node: &Node, durable: bool) -> Result<SharedSender, QpidError> {
         let mut target = Target::builder()
             .address(node.address.clone())
             .durable(durability(durable && self.durable_queues));
-        if let Some(capability) = node.capability {
-            target = target.capabilities(vec![Symbol::from(capability)]);
+        if let Some(capability) = &node.capability {
+            target = target.capabilities(vec![Symbol::from(capability.as_str())]);
         }
         let sender = {
             let mut session = self.session.lock().await;
@@ -207,7 +235,10 @@ impl AmqpConnection {
             .await
         };
         let sender = match sender {
-            Ok(Ok(sender)) => Arc::new(tokio::sync::Mutex::new(sender)),
+            Ok(Ok(sender)) => {
+                tracing::debug!(address = %node.address, "sender link attached");
+                Arc::new(tokio::sync::Mutex::new(sender))
+            }
             Err(_) => {
                 self.mark_broken();
                 return Err(QpidError::Attach {
@@ -463,6 +494,7 @@ impl Connector for QpidConnector {
                 clock: 0,
                 capacity: self.options.sender_cache_size,
             }),
+            attaching: parking_lot::Mutex::new(HashMap::new()),
             closed: CancellationToken::new(),
             durable_queues: self.options.durable_queues,
             description,

@@ -63,8 +63,10 @@ impl ReceiveFrom {
 }
 
 fn with_capability(builder: fe2o3_amqp::types::messaging::SourceBuilder, node: &Node) -> Source {
-    match node.capability {
-        Some(capability) => builder.capabilities(vec![Symbol::from(capability)]).build(),
+    match &node.capability {
+        Some(capability) => builder
+            .capabilities(vec![Symbol::from(capability.as_str())])
+            .build(),
         None => builder.build(),
     }
 }

@@ -1,7 +1,8 @@
 //! novarpc's qpid-like driver: Nova's RPC topology on AMQP 1.0 (fe2o3-amqp),
 //! for any AMQP 1.0 broker: shared topic and server queues as anycast nodes,
 //! fanout as multicast nodes, a reply node per process. How nodes are named
-//! is a per-broker addressing profile (`rabbitmq3`, `rabbitmq4`, `activemq`).
+//! is a per-broker addressing profile (`rabbitmq3`, `rabbitmq4`, `activemq`,
+//! or `generic` with configurable prefixes and capabilities).
 //!
 //! Registered as `rpc_backend = "qpid"` (alias `amqp1`); an `amqp://` or
 //! `amqps://` transport URL selects it too. Options live in the `[qpid]` table.
@@ -20,7 +21,9 @@ use std::sync::Arc;
 use novarpc_core::driver::{Driver, DriverDescriptor};
 use novarpc_core::{Classify, ErrorKind};
 
-pub use addressing::{AddressingProfile, Node, ReplyNode};
+pub use addressing::{
+    Addressing, AddressingProfile, GenericAddressing, GenericReply, Node, ReplyNode,
+};
 pub use options::{QpidOptions, SaslMechanism};
 pub use transport::QpidDriver;
 
@@ -32,7 +35,11 @@ pub const DESCRIPTOR: DriverDescriptor = DriverDescriptor {
     aliases: &["amqp1", "amqp"],
     url_schemes: &["amqp", "amqps", "qpid"],
     config_section: "qpid",
-    capabilities: |config| Ok(QpidOptions::from_config(config)?.addressing.capabilities()),
+    capabilities: |config| {
+        Ok(QpidOptions::from_config(config)?
+            .addressing()
+            .capabilities())
+    },
     validate: |config| QpidOptions::from_config(config).map(|_| ()),
     resolved_options: |config| {
         let options = QpidOptions::from_config(config)?;

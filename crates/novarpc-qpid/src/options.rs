@@ -4,7 +4,7 @@ use novarpc_amqp::{FailoverStrategy, RetryPolicy};
 use novarpc_core::{Config, ConfigError};
 use serde::{Deserialize, Serialize};
 
-use crate::addressing::AddressingProfile;
+use crate::addressing::{Addressing, AddressingProfile, GenericAddressing};
 
 /// SASL mechanism used to authenticate.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -13,6 +13,7 @@ pub enum SaslMechanism {
     /// PLAIN with the transport URL's user and password (default `guest`).
     #[default]
     Plain,
+    /// No credentials (brokers that allow it, or offer nothing else).
     Anonymous,
 }
 
@@ -21,9 +22,12 @@ pub enum SaslMechanism {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct QpidOptions {
-    /// How the broker names nodes: `rabbitmq3`, `rabbitmq4` or `activemq`.
+    /// How the broker names nodes: `rabbitmq3`, `rabbitmq4`, `activemq` or
+    /// `generic` (described by `[qpid.generic]`).
     #[serde(alias = "addressing_mode")]
     pub addressing: AddressingProfile,
+    /// Node naming of the `generic` profile.
+    pub generic: GenericAddressing,
     pub sasl_mechanism: SaslMechanism,
     /// Credit granted to each receiver link (messages in flight per link).
     #[serde(alias = "prefetch_count")]
@@ -68,6 +72,7 @@ impl Default for QpidOptions {
     fn default() -> Self {
         QpidOptions {
             addressing: AddressingProfile::Rabbitmq3,
+            generic: GenericAddressing::default(),
             sasl_mechanism: SaslMechanism::Plain,
             link_credit: 200,
             heartbeat_timeout: 60,
@@ -88,6 +93,14 @@ impl Default for QpidOptions {
 }
 
 impl QpidOptions {
+    /// How this transport names nodes.
+    pub fn addressing(&self) -> Addressing {
+        Addressing {
+            profile: self.addressing,
+            generic: self.generic.clone(),
+        }
+    }
+
     /// Parses `[qpid]` and checks values; reads no files.
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
         let options: QpidOptions = config.section("qpid")?;

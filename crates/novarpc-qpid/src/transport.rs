@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, OnceCell};
 use tokio_util::sync::CancellationToken;
 
-use crate::addressing::{fanout_key, topic_queue, Node, ReplyNode};
+use crate::addressing::{fanout_key, topic_queue, Addressing, Node, ReplyNode};
 use crate::connection::{AmqpConnection, Broker, QpidConnector};
 use crate::consumer::{QpidListener, ReceiveFrom, ReceiverSet, Sink};
 use crate::options::QpidOptions;
@@ -27,6 +27,7 @@ const OUTCOME_WAIT: Duration = Duration::from_secs(15);
 struct Shared {
     common: CommonOptions,
     options: QpidOptions,
+    addressing: Addressing,
     /// The connection senders use; listeners have their own, so a send
     /// failure that replaces this one does not disturb them.
     senders: Arc<Broker>,
@@ -130,6 +131,7 @@ impl QpidDriver {
         let receivers = make_broker("receive");
         Ok(QpidDriver {
             shared: Arc::new(Shared {
+                addressing: options.addressing(),
                 common,
                 send_slots: tokio::sync::Semaphore::new(256),
                 options,
@@ -187,7 +189,7 @@ impl QpidDriver {
     }
 
     fn anycast(&self, name: &str) -> Node {
-        self.shared.options.addressing.anycast(name)
+        self.shared.addressing.anycast(name)
     }
 
     /// Sends one message, as `ensure` does: each failure is logged, a broken
@@ -320,7 +322,7 @@ impl QpidDriver {
             .reply_address
             .get_or_try_init(|| async {
                 let name = format!("reply_{}", envelope::new_unique_id());
-                let source = match shared.options.addressing.reply(&name) {
+                let source = match shared.addressing.reply(&name) {
                     ReplyNode::Queue(node) => ReceiveFrom::Queue {
                         node,
                         durable: false,
@@ -372,7 +374,7 @@ impl QpidDriver {
     }
 
     fn multicast_source(&self, key: &str) -> Result<ReceiveFrom> {
-        match self.shared.options.addressing.multicast_source(key) {
+        match self.shared.addressing.multicast_source(key) {
             Some(node) => Ok(ReceiveFrom::Multicast { node }),
             None => Err(Error::Unsupported {
                 backend: BACKEND,
@@ -389,7 +391,7 @@ impl Driver for QpidDriver {
     }
 
     fn capabilities(&self) -> Capabilities {
-        self.shared.options.addressing.capabilities()
+        self.shared.addressing.capabilities()
     }
 
     fn options(&self) -> &CommonOptions {
@@ -410,7 +412,16 @@ impl Driver for QpidDriver {
         let exchange = self.exchange(target);
         let (node, durable_node) = if target.fanout {
             let key = fanout_key(exchange, &target.routing_key());
-            (self.shared.options.addressing.multicast_target(&key), false)
+            // The handle refused fanout where there is no multicast.
+            let node = self
+                .shared
+                .addressing
+                .multicast_target(&key)
+                .ok_or(Error::Unsupported {
+                    backend: BACKEND,
+                    operation: "fanout (this broker has no multicast)",
+                })?;
+            (node, false)
         } else {
             // An anycast node is declared on attach: a cast waits there for
             // the target's first server.
@@ -524,9 +535,13 @@ impl Driver for QpidDriver {
                 durable,
             });
         }
-        sources.push(self.multicast_source(&fanout_key(exchange, &target.topic))?);
-        if target.server.is_some() {
-            sources.push(self.multicast_source(&fanout_key(exchange, &target.routing_key()))?);
+        // Without multicast there is no fanout to receive (and the handle
+        // refuses fanout casts).
+        if self.shared.addressing.capabilities().fanout {
+            sources.push(self.multicast_source(&fanout_key(exchange, &target.topic))?);
+            if target.server.is_some() {
+                sources.push(self.multicast_source(&fanout_key(exchange, &target.routing_key()))?);
+            }
         }
         self.start_listener(sources).await
     }

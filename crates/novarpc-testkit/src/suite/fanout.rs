@@ -8,9 +8,21 @@ pub async fn fanout_cast_reaches_every_server(backend: &dyn Backend) -> Result<(
     for host in ["host1", "host2", "host3"] {
         f.serve(backend, host).await?;
     }
-    f.client()
+    let result = f
+        .client()
         .fanout_cast(&ctx(), "record", &json!({"value": "f"}))
-        .await?;
+        .await;
+    if !f.client_transport.capabilities().fanout {
+        // A broker without multicast must refuse, not reach one server.
+        ensure!(
+            matches!(&result, Err(e) if e.kind() == ErrorKind::Unsupported),
+            "a transport without fanout must say Unsupported, got {result:?}"
+        );
+        let reached = f.drain_records(backend.settle_time()).await;
+        ensure!(reached.is_empty(), "a refused fanout reached {reached:?}");
+        return f.stop().await;
+    }
+    result?;
     let mut hosts = Vec::new();
     for _ in 0..3 {
         hosts.push(f.next_record().await?.0);
