@@ -2,7 +2,7 @@
 //! (`fixtures/oslo-18.3.1-rabbit.json`): novarpc must read what oslo writes,
 //! and write the same keys.
 
-use novarpc::envelope::{self, CallHeader, Request};
+use novarpc::driver::envelope::{self, CallHeader, Request};
 use novarpc::{Context, Error};
 use serde_json::{json, Value};
 

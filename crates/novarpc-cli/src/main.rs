@@ -518,7 +518,7 @@ async fn listen(
                     _ = tokio::signal::ctrl_c() => break,
                 };
                 let Some(delivery) = next else { break };
-                let line = match novarpc::envelope::decode_request(&delivery.body) {
+                let line = match novarpc::driver::envelope::decode_request(&delivery.body) {
                     Ok(request) => json!({
                         "topic": topic,
                         "method": request.method,

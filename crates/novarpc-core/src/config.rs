@@ -22,54 +22,108 @@ use std::time::Duration;
 use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
-/// Configuration errors; each names where the problem is.
+/// Configuration errors; each names where the problem is (file, line, key,
+/// environment variable or URL), and none shows a password.
+///
+/// ```
+/// use novarpc_core::{Config, ConfigError};
+///
+/// let err = Config::from_toml_str("[DEFAULT]\nrpc_response_timeout = -1\n", "nova.toml")
+///     .unwrap_err();
+/// assert!(matches!(err, ConfigError::Invalid { line: Some(2), .. }));
+/// assert!(err.to_string().contains("nova.toml"));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
     // The cause is shown in the message, so it is not also a `source()`
     // (error chains would print it twice).
+    /// The configuration file could not be read.
     #[error("cannot read config file {path}: {cause}")]
     Read {
+        /// The file that was asked for.
         path: PathBuf,
+        /// Why reading it failed.
         cause: std::io::Error,
     },
     /// Malformed TOML, an unknown key or a wrong type; the message names the
     /// line, column and key.
     #[error("{origin}: {message}")]
-    Parse { origin: String, message: String },
+    Parse {
+        /// The file or label the text came from.
+        origin: String,
+        /// The parser's message (line, column, key).
+        message: String,
+    },
     /// A value that parses but makes no sense.
     #[error("{origin}{}: invalid `{key}`: {message}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
     Invalid {
+        /// The file or label the text came from.
         origin: String,
+        /// The line of the key, when it could be found.
         line: Option<usize>,
+        /// The key, as `table.key` for driver tables.
         key: String,
+        /// What is wrong with the value.
         message: String,
     },
+    /// `rpc_backend` (or the transport URL's scheme) names no registered driver.
     #[error("{origin}: unknown rpc_backend `{name}`; available backends: {available}")]
     UnknownBackend {
+        /// The file or label the configuration came from.
         origin: String,
+        /// The name that matched nothing.
         name: String,
+        /// The registered names, for the message.
         available: String,
     },
+    /// A top-level table that neither `[DEFAULT]` nor any driver claims,
+    /// usually a misspelt driver section.
     #[error("{origin}{}: unknown table `[{table}]`; known tables: {known}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
     UnknownTable {
+        /// The file or label the configuration came from.
         origin: String,
+        /// The line the table starts on, when it could be found.
         line: Option<usize>,
+        /// The table's name.
         table: String,
+        /// The tables that would have been accepted, for the message.
         known: String,
     },
+    /// A transport URL that does not parse.
     #[error("invalid transport URL `{url}`: {reason}")]
-    InvalidUrl { url: String, reason: String },
+    InvalidUrl {
+        /// The URL with its passwords hidden.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A `NOVARPC_*` environment override with an unusable value.
     #[error("environment variable {var}: {message}")]
-    Env { var: String, message: String },
+    Env {
+        /// The variable's name.
+        var: String,
+        /// What is wrong with its value.
+        message: String,
+    },
 }
 
-/// A secret that never shows in `Debug` or `Display`.
+/// A secret that never shows in `Debug` or `Display`, so configurations and
+/// URLs can be logged and printed without leaking it.
+///
+/// ```
+/// use novarpc_core::Password;
+///
+/// let password = Password::new("s3cret");
+/// assert_eq!(format!("{password} {password:?}"), "*** \"***\"");
+/// assert_eq!(password.expose(), "s3cret");
+/// ```
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct Password(String);
 
 impl Password {
+    /// Wraps a secret (from a vault, a prompt, a test).
     pub fn new(secret: impl Into<String>) -> Self {
         Password(secret.into())
     }
@@ -95,20 +149,40 @@ impl fmt::Display for Password {
 /// One broker host of a transport URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TransportHost {
+    /// The broker's host name or address, as the URL gives it.
     pub hostname: String,
+    /// The port, when the URL gives one; drivers fill in their default.
     pub port: Option<u16>,
+    /// The user name, percent-decoded.
     pub username: Option<String>,
+    /// The password, percent-decoded.
     pub password: Option<Password>,
 }
 
 /// An oslo.messaging transport URL:
 /// `scheme://user:pass@host1:port,user:pass@host2:port/virtual_host?opt=value`.
 /// `Display` and `Debug` redact passwords.
+///
+/// ```
+/// use novarpc_core::TransportUrl;
+///
+/// let url: TransportUrl = "rabbit://nova:secret@h1:5672,nova:secret@h2/nova?heartbeat=10"
+///     .parse()?;
+/// assert_eq!(url.hosts.len(), 2);
+/// assert_eq!(url.virtual_host.as_deref(), Some("nova"));
+/// assert_eq!(url.query_value("heartbeat"), Some("10"));
+/// assert!(!url.to_string().contains("secret"));
+/// # Ok::<(), novarpc_core::ConfigError>(())
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct TransportUrl {
+    /// The scheme, lower-cased; it may select the backend (`rabbit`, `amqp`, ...).
     pub scheme: String,
+    /// The brokers to try, in order (none for `memory://`).
     pub hosts: Vec<TransportHost>,
+    /// The path after the hosts, percent-decoded (a RabbitMQ virtual host).
     pub virtual_host: Option<String>,
+    /// Driver options given as `?key=value` pairs, in order.
     pub query: Vec<(String, String)>,
 }
 
@@ -221,7 +295,6 @@ fn redact_netloc(netloc: &str) -> String {
     }
 }
 
-/// Redacts passwords from URL text that may not even parse.
 /// Hides credentials in free text (an error excerpt of a config file): the
 /// password of every `user:password@host` and the value of every key whose
 /// name contains `password`.
@@ -269,7 +342,8 @@ fn redact_userinfo(line: &str) -> String {
     out
 }
 
-/// The transport URL `text` with its passwords hidden.
+/// The transport URL `text` with its passwords hidden; works on text that
+/// does not parse, for error messages about it.
 pub fn redact_url_text(text: &str) -> String {
     match text.split_once("://") {
         Some((scheme, rest)) => {
@@ -325,6 +399,8 @@ impl fmt::Debug for TransportUrl {
 pub struct CommonOptions {
     /// The backend's name or alias; `None` lets `transport_url` choose (else `memory`).
     pub rpc_backend: Option<String>,
+    /// Where the brokers are, with credentials; without one, drivers fall
+    /// back to their defaults (a broker on the local host).
     pub transport_url: Option<TransportUrl>,
     /// The exchange targets use when they name none (oslo default `openstack`).
     pub control_exchange: String,
@@ -379,6 +455,19 @@ impl fmt::Debug for Source {
 
 /// A loaded configuration: the resolved `[DEFAULT]` options and the text the
 /// driver tables are parsed from (so their errors can name lines too).
+///
+/// ```
+/// use std::time::Duration;
+/// use novarpc_core::Config;
+///
+/// let config = Config::from_toml_str(
+///     "[DEFAULT]\nrpc_backend = \"memory\"\nrpc_response_timeout = 5\n",
+///     "<inline>",
+/// )?;
+/// assert_eq!(config.common().rpc_response_timeout, Duration::from_secs(5));
+/// assert_eq!(config.origin(), "<inline>");
+/// # Ok::<(), novarpc_core::ConfigError>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Config {
     source: Arc<Source>,
@@ -543,10 +632,13 @@ impl Config {
         Ok(())
     }
 
+    /// The resolved `[DEFAULT]` options.
     pub fn common(&self) -> &CommonOptions {
         &self.common
     }
 
+    /// The `[DEFAULT]` options, for programs that set them in code (tests,
+    /// command-line flags) after loading.
     pub fn common_mut(&mut self) -> &mut CommonOptions {
         &mut self.common
     }

@@ -1,3 +1,7 @@
+//! De-duplication of redelivered messages for drivers whose broker may
+//! deliver a message twice; the RPC server applies it when the transport's
+//! [`crate::Capabilities::redelivers`] is set.
+
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -19,6 +23,8 @@ struct DedupState {
 }
 
 impl DedupCache {
+    /// A cache of at most `capacity` ids (at least one), each remembered for
+    /// at most `window`.
     pub fn new(capacity: usize, window: Duration) -> Self {
         DedupCache {
             capacity: capacity.max(1),
@@ -46,10 +52,12 @@ impl DedupCache {
         false
     }
 
+    /// How many ids are remembered now (expired ones go on the next check).
     pub fn len(&self) -> usize {
         self.state.lock().order.len()
     }
 
+    /// Whether no id is remembered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -16,6 +16,21 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What kind of failure an [`Error`] is: the same classification on every
 /// backend. Match on it (with a wildcard arm: kinds may be added).
+///
+/// ```
+/// use novarpc_core::ErrorKind;
+///
+/// fn exit_code(kind: ErrorKind) -> i32 {
+///     match kind {
+///         ErrorKind::Timeout => 3,
+///         ErrorKind::Config | ErrorKind::InvalidInput => 2,
+///         _ => 1,
+///     }
+/// }
+/// assert_eq!(exit_code(ErrorKind::Timeout), 3);
+/// assert!(ErrorKind::Unreachable.is_temporary());
+/// assert_eq!(ErrorKind::Authentication.to_string(), "authentication failed");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -109,6 +124,27 @@ pub trait Classify: std::error::Error + Send + Sync + 'static {
 
 /// Everything that can go wrong in novarpc. Match on [`Error::kind`] (or on the
 /// variant); new variants may appear, so keep a wildcard arm.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use novarpc_core::{
+///     memory::MemoryDriver, CommonOptions, Context, Error, ErrorKind, RpcClient, Target,
+///     Transport,
+/// };
+///
+/// let transport = Transport::new(MemoryDriver::new(CommonOptions::default()));
+/// let client = RpcClient::new(transport.clone(), Target::new("compute"));
+/// transport.cleanup().await.unwrap();
+///
+/// let args = serde_json::json!({});
+/// match client.cast(&Context::new(), "reboot", &args).await {
+///     Err(error) if error.kind() == ErrorKind::Closed => assert!(!error.is_temporary()),
+///     Err(Error::Timeout { method, .. }) => panic!("{method} timed out"),
+///     other => panic!("unexpected: {other:?}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

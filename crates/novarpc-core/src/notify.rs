@@ -12,19 +12,38 @@ use crate::transport::Transport;
 /// A notification as a listener receives it.
 pub type Notification = envelope::IncomingNotification;
 
-/// Notification priorities, as oslo.messaging names them.
+/// Notification priorities, as oslo.messaging names them. Each has its own
+/// queue (`<topic>.<priority>`), so listeners pick the ones they want.
+///
+/// ```
+/// use novarpc_core::Priority;
+///
+/// let priority: Priority = "warning".parse()?;
+/// assert_eq!(priority, Priority::Warn);
+/// assert_eq!(priority.wire_name(), "WARN");
+/// assert_eq!(priority.routing_name(), "warn");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Priority {
+    /// Records for auditing (who did what).
     Audit,
+    /// Detail for troubleshooting.
     Debug,
+    /// Normal events: an instance was created, a volume attached.
     Info,
+    /// Something unexpected that did not make an operation fail.
     Warn,
+    /// An operation failed.
     Error,
+    /// A failure that needs an operator now.
     Critical,
+    /// Metering samples (as Ceilometer consumes them).
     Sample,
 }
 
 impl Priority {
+    /// Every priority, in order of the enum: for listeners that want them all.
     pub const ALL: [Priority; 7] = [
         Priority::Audit,
         Priority::Debug,
@@ -90,6 +109,20 @@ impl FromStr for Priority {
 
 /// Sends notifications to `<topic>.<priority>` on the control exchange
 /// (topic `notifications` unless told otherwise).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), novarpc_core::Error> {
+/// use novarpc_core::{memory::MemoryDriver, CommonOptions, Context, Notifier, Transport};
+///
+/// let transport = Transport::new(MemoryDriver::new(CommonOptions::default()));
+/// let notifier = Notifier::new(transport, "compute.host1").topics(["notifications", "audit"]);
+/// let payload = serde_json::json!({"instance_id": "i-1"});
+/// notifier
+///     .info(&Context::new(), "compute.instance.create.end", &payload)
+///     .await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Notifier {
     transport: Transport,
@@ -237,6 +270,34 @@ impl Notifier {
 /// Receives notifications of the given priorities on the given topics.
 ///
 /// Malformed messages are rejected and logged; `next` goes on to the next one.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), novarpc_core::Error> {
+/// use novarpc_core::{
+///     memory::MemoryDriver, CommonOptions, Context, NotificationListener, Notifier, Priority,
+///     Target, Transport,
+/// };
+///
+/// let transport = Transport::new(MemoryDriver::new(CommonOptions::default()));
+/// let mut listener = NotificationListener::start(
+///     &transport,
+///     &[Target::new("notifications")],
+///     &[Priority::Info, Priority::Error],
+///     None,
+/// )
+/// .await?;
+///
+/// let notifier = Notifier::new(transport, "compute.host1");
+/// let payload = serde_json::json!({"instance_id": "i-1"});
+/// notifier.info(&Context::new(), "compute.instance.create.end", &payload).await?;
+///
+/// let notification = listener.next().await.expect("listening");
+/// assert_eq!(notification.event_type, "compute.instance.create.end");
+/// assert_eq!(notification.priority, Priority::Info);
+/// listener.stop().await?;
+/// # Ok(()) }
+/// ```
 pub struct NotificationListener {
     listener: Box<dyn Listener>,
 }

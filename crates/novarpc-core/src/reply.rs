@@ -57,6 +57,8 @@ impl Waiter {
 }
 
 impl ReplyRegistry {
+    /// An empty registry, shared between a driver's reply consumer and the
+    /// transport handle.
     pub fn new() -> Arc<Self> {
         Arc::new(ReplyRegistry::default())
     }
@@ -104,6 +106,7 @@ impl ReplyRegistry {
         self.waiters.lock().len()
     }
 
+    /// Whether no caller is waiting.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -126,6 +129,7 @@ pub struct ReplyReceiver {
 }
 
 impl ReplyReceiver {
+    /// The message id the replies are correlated by (the request's `_msg_id`).
     pub fn msg_id(&self) -> &str {
         &self.msg_id
     }

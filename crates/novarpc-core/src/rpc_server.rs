@@ -29,6 +29,19 @@ use crate::transport::Transport;
 ///
 /// Any `std::error::Error` converts into one (its type name becomes the class),
 /// so handlers can use `?`.
+///
+/// ```
+/// use novarpc_core::EndpointError;
+///
+/// let failure = EndpointError::new("InstanceNotFound", "no instance i-1")
+///     .module("nova.exception")
+///     .into_failure();
+/// assert_eq!(failure.class, "InstanceNotFound");
+/// assert_eq!(failure.module, "nova.exception");
+///
+/// let parse: EndpointError = "x".parse::<u32>().unwrap_err().into();
+/// assert_eq!(parse.into_failure().class, "ParseIntError");
+/// ```
 #[derive(Clone, Debug)]
 pub struct EndpointError {
     failure: Box<RemoteFailure>,
@@ -54,6 +67,7 @@ impl EndpointError {
         self
     }
 
+    /// The failure as it goes on the wire (class, module, message, traceback).
     pub fn into_failure(self) -> RemoteFailure {
         *self.failure
     }
@@ -103,6 +117,30 @@ fn encode_result<R: Serialize>(value: &R) -> Outcome {
 
 /// A set of methods served under one namespace and version, like an oslo
 /// endpoint object.
+///
+/// Methods take the request [`Context`] and their keyword arguments
+/// deserialized into a type of their choice, and return a result that
+/// serializes (or an error that becomes an [`EndpointError`]).
+///
+/// ```
+/// use novarpc_core::{Context, Endpoint, EndpointError, Version};
+///
+/// #[derive(serde::Deserialize)]
+/// struct Boot {
+///     name: String,
+/// }
+///
+/// let endpoint = Endpoint::new()
+///     .namespace("compute")
+///     .version(Version::new(1, 2))
+///     .method("boot", |_ctx: Context, args: Boot| async move {
+///         Ok::<_, EndpointError>(format!("booted {}", args.name))
+///     })
+///     .stream_method("list", |_ctx: Context, _args: serde_json::Value| {
+///         futures::stream::iter(["i-1", "i-2"].map(Ok::<_, EndpointError>))
+///     });
+/// assert!(format!("{endpoint:?}").contains("boot"));
+/// ```
 pub struct Endpoint {
     namespace: Option<String>,
     version: Version,
@@ -137,6 +175,8 @@ impl Endpoint {
         }
     }
 
+    /// Serves requests addressed to `namespace` (see [`Target::namespace`])
+    /// instead of the default namespace.
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = Some(namespace.into());
         self
@@ -263,7 +303,27 @@ impl Dispatcher {
     }
 }
 
-/// Configures and starts an [`RpcServer`].
+/// Configures and starts an [`RpcServer`]; made by [`RpcServer::builder`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), novarpc_core::Error> {
+/// use std::time::Duration;
+/// use novarpc_core::{
+///     memory::MemoryDriver, CommonOptions, Endpoint, RpcServer, Target, Transport,
+/// };
+///
+/// let transport = Transport::new(MemoryDriver::new(CommonOptions::default()));
+/// let server = RpcServer::builder(transport, Target::new("compute").server("host1"))
+///     .endpoint(Endpoint::new())
+///     .executor_size(8)
+///     .handler_timeout(Duration::from_secs(30))
+///     .grace_period(Duration::from_secs(5))
+///     .start()
+///     .await?;
+/// server.stop().await?;
+/// # Ok(()) }
+/// ```
 pub struct RpcServerBuilder {
     transport: Transport,
     target: Target,
@@ -371,6 +431,38 @@ struct Executor {
 
 /// Serves endpoints on a target until stopped. Dropping it stops it too (in
 /// the background); [`RpcServer::stop`] waits for in-flight requests.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), novarpc_core::Error> {
+/// use novarpc_core::{
+///     memory::MemoryDriver, CommonOptions, Context, Endpoint, EndpointError, RpcClient,
+///     RpcServer, Target, Transport,
+/// };
+///
+/// #[derive(serde::Deserialize)]
+/// struct Add {
+///     a: i64,
+///     b: i64,
+/// }
+///
+/// let transport = Transport::new(MemoryDriver::new(CommonOptions::default()));
+/// let endpoint = Endpoint::new().method("add", |_ctx: Context, args: Add| async move {
+///     Ok::<_, EndpointError>(args.a + args.b)
+/// });
+/// let server = RpcServer::builder(transport.clone(), Target::new("calc").server("host1"))
+///     .endpoint(endpoint)
+///     .start()
+///     .await?;
+///
+/// let client = RpcClient::new(transport, Target::new("calc"));
+/// let sum: i64 = client
+///     .call(&Context::new(), "add", &serde_json::json!({"a": 2, "b": 3}))
+///     .await?;
+/// assert_eq!(sum, 5);
+/// server.stop().await?;
+/// # Ok(()) }
+/// ```
 pub struct RpcServer {
     target: Target,
     token: CancellationToken,

@@ -8,13 +8,34 @@ use crate::error::Error;
 /// `exchange` defaults to the transport's `control_exchange`; `topic` names the
 /// service (`compute`); `server` picks one host's queue (`compute.host1`);
 /// `fanout` sends to every server listening on the topic.
+///
+/// ```
+/// use novarpc_core::Target;
+///
+/// let target = Target::new("compute").server("host1").version("1.3");
+/// assert_eq!(target.routing_key(), "compute.host1");
+/// assert_eq!(target.exchange_or("nova"), "nova");
+/// assert_eq!(target.to_string(), "compute.host1");
+/// assert!(target.validate().is_ok());
+/// assert!(Target::new("a#b").validate().is_err());
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Target {
+    /// The exchange to publish on; `None` means the transport's
+    /// `control_exchange`.
     pub exchange: Option<String>,
+    /// The service the message is for (`compute`); names the shared queue.
     pub topic: String,
+    /// One host of the topic (`host1`): requests go to its `topic.server`
+    /// queue. RPC servers must name theirs.
     pub server: Option<String>,
+    /// Whether a cast goes to every server listening on the topic rather
+    /// than one of them. Calls cannot be fanouts.
     pub fanout: bool,
+    /// The endpoint namespace requests are for; `None` is the default
+    /// namespace. Servers dispatch on it.
     pub namespace: Option<String>,
+    /// The API version requests claim (`MAJOR.MINOR`); `None` means `1.0`.
     pub version: Option<String>,
 }
 
@@ -27,26 +48,32 @@ impl Target {
         }
     }
 
+    /// Publishes on `exchange` instead of the control exchange.
     pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
         self.exchange = Some(exchange.into());
         self
     }
 
+    /// Addresses one host of the topic (its `topic.server` queue).
     pub fn server(mut self, server: impl Into<String>) -> Self {
         self.server = Some(server.into());
         self
     }
 
+    /// Makes casts reach every server of the topic (`true`) or one (`false`).
     pub fn fanout(mut self, fanout: bool) -> Self {
         self.fanout = fanout;
         self
     }
 
+    /// Addresses the endpoints of `namespace` rather than the default one.
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = Some(namespace.into());
         self
     }
 
+    /// The API version requests claim (`MAJOR.MINOR`); checked by
+    /// [`Target::validate`], not here.
     pub fn version(mut self, version: impl Into<String>) -> Self {
         self.version = Some(version.into());
         self
@@ -119,14 +146,30 @@ impl fmt::Display for Target {
     }
 }
 
-/// An RPC API version, `MAJOR.MINOR`.
+/// An RPC API version, `MAJOR.MINOR`. Endpoints declare one, clients may cap
+/// theirs, and oslo's compatibility rule ([`Version::can_handle`]) decides
+/// which endpoint serves a request.
+///
+/// ```
+/// use novarpc_core::Version;
+///
+/// let endpoint = Version::new(1, 3);
+/// assert!(endpoint.can_handle("1.1".parse()?));
+/// assert!(!endpoint.can_handle("1.4".parse()?));
+/// assert!(!endpoint.can_handle("2".parse()?));
+/// assert_eq!(endpoint.to_string(), "1.3");
+/// # Ok::<(), novarpc_core::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Version {
+    /// Changes when the API breaks compatibility.
     pub major: u32,
+    /// Grows when the API gains methods or arguments compatibly.
     pub minor: u32,
 }
 
 impl Version {
+    /// `major.minor`; usable in constants.
     pub const fn new(major: u32, minor: u32) -> Self {
         Version { major, minor }
     }

@@ -1,8 +1,8 @@
 //! novarpc: Nova-style RPC (`call`, `cast`, `fanout_cast`, `multicall`,
 //! notifications) over pluggable message brokers, wire-compatible with
-//! oslo.messaging. This is the crate services depend on: it re-exports the core
-//! and owns the driver [`Registry`], which picks a backend by `rpc_backend` name,
-//! alias or transport URL scheme.
+//! oslo.messaging. This is the crate services depend on: it re-exports what
+//! services use from the core and owns the driver [`Registry`], which picks a
+//! backend by `rpc_backend` name, alias or transport URL scheme.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), novarpc::Error> {
@@ -15,13 +15,39 @@
 //!     .await?;
 //! # Ok(()) }
 //! ```
+//!
+//! The top level holds what services use; [`memory`] is the in-process
+//! backend for their unit tests. Driver authors find the driver contract, the
+//! wire envelope and the reply registry in [`driver`].
+
+#![deny(missing_docs)]
 
 #[cfg(feature = "logging")]
 pub mod logging;
 mod registry;
 
-pub use novarpc_core::*;
+pub use novarpc_core::{
+    error_chain, Capabilities, CommonOptions, Config, ConfigError, Context, Endpoint,
+    EndpointError, Error, ErrorKind, Notification, NotificationListener, Notifier, Password,
+    Priority, RemoteFailure, Replies, Result, RpcClient, RpcServer, RpcServerBuilder, Target,
+    Transport, TransportHost, TransportUrl, UnknownPriority, Version,
+};
 pub use registry::Registry;
+
+pub use novarpc_core::{config, memory};
+
+/// What a broker backend implements and uses: the [`driver::Driver`]
+/// contract, deliveries and listeners, the oslo wire [`driver::envelope`],
+/// reply correlation ([`driver::reply`]), de-duplication of redeliveries
+/// ([`driver::dedup`]) and error classification ([`driver::Classify`]).
+/// Services do not need it.
+pub mod driver {
+    pub use novarpc_core::driver::{
+        Acknowledge, CallInfo, Capabilities, ConnectFn, Delivery, Driver, DriverDescriptor,
+        Listener, OutgoingRequest,
+    };
+    pub use novarpc_core::{dedup, envelope, reply, Classify};
+}
 
 /// The kombu-like AMQP 0-9-1 driver (feature `kombu`).
 #[cfg(feature = "kombu")]

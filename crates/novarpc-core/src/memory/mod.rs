@@ -104,6 +104,8 @@ impl MemoryDriver {
         }
     }
 
+    /// A driver from the `[DEFAULT]` options and the `[memory]` table: with
+    /// `broker = "name"` it joins that named in-process broker.
     pub fn from_config(config: &Config) -> std::result::Result<Self, ConfigError> {
         let options: MemoryOptions = config.section("memory")?;
         let broker = match &options.broker {

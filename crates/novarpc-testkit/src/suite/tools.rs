@@ -21,7 +21,7 @@ pub async fn taps_see_copies_without_taking_requests(backend: &dyn Backend) -> R
         .await
         .context("the tap saw nothing")?
         .context("the tap ended")?;
-    let request = novarpc::envelope::decode_request(&copy.body)?;
+    let request = novarpc::driver::envelope::decode_request(&copy.body)?;
     ensure!(
         request.method == "record",
         "the tap saw `{}`",
