@@ -12,6 +12,7 @@
 #
 # Sourced by scripts/brokers.sh, or run directly:
 #   scripts/brokers-extra.sh start|stop|status [rabbitmq4|proton]
+#   scripts/brokers-extra.sh ctl ARGS...   (rabbitmqctl against RabbitMQ 4)
 #
 # Settings (environment):
 #   NOVARPC_CACHE                 cache folder (default ~/.cache/novarpc)
@@ -500,6 +501,13 @@ stop_proton_broker() {
 # run directly: scripts/brokers-extra.sh start|stop|status [rabbitmq4|proton]
 
 _nrx_main() {
+    # `ctl ARGS...`: rabbitmqctl against the RabbitMQ 4 node (the fault
+    # tests drive it through NOVARPC_TEST_RABBITMQCTL).
+    if [ "${1:-}" = ctl ]; then
+        shift
+        rabbitmq4ctl "$@"
+        return
+    fi
     local cmd="${1:-}" which="${2:-all}" rc=0
     case "$which" in
         all | rabbitmq4 | proton) ;;

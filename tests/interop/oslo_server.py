@@ -54,12 +54,25 @@ def main():
     parser.add_argument("--exchange", required=True)
     parser.add_argument("--topic", required=True)
     parser.add_argument("--server", required=True)
+    parser.add_argument(
+        "--rabbit-option",
+        action="append",
+        default=[],
+        help="KEY=VALUE for [oslo_messaging_rabbit] (true/false/integers parsed)",
+    )
     args = parser.parse_args()
 
     # oslo.messaging registers its options on the global config object.
     conf = cfg.CONF
     conf([], project="novarpc-interop")
     transport = messaging.get_rpc_transport(conf, url=args.url)
+    for option in args.rabbit_option:
+        key, value = option.split("=", 1)
+        if value in ("true", "false"):
+            value = value == "true"
+        elif value.isdigit():
+            value = int(value)
+        conf.set_override(key, value, group="oslo_messaging_rabbit")
     target = messaging.Target(exchange=args.exchange, topic=args.topic, server=args.server)
     server = messaging.get_rpc_server(
         transport,

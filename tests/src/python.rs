@@ -49,8 +49,24 @@ pub struct PythonServer {
 impl PythonServer {
     /// Starts a server and waits until it serves.
     pub async fn start(exchange: &str, topic: &str, server: &str) -> Result<Self> {
+        PythonServer::start_with(exchange, topic, server, &[]).await
+    }
+
+    /// Like [`PythonServer::start`], with `[oslo_messaging_rabbit]` options
+    /// (`("rabbit_quorum_queue", "true")`, ...).
+    pub async fn start_with(
+        exchange: &str,
+        topic: &str,
+        server: &str,
+        rabbit_options: &[(&str, &str)],
+    ) -> Result<Self> {
+        let options: Vec<String> = rabbit_options
+            .iter()
+            .flat_map(|(k, v)| ["--rabbit-option".to_owned(), format!("{k}={v}")])
+            .collect();
         let mut child = Command::new(python()?)
             .arg(script("oslo_server.py"))
+            .args(&options)
             .args([
                 "--url",
                 &oslo_url(),

@@ -169,6 +169,10 @@ pub(crate) type Broker = Reconnector<KombuConnector>;
 pub(crate) struct PooledChannel {
     pub(crate) channel: Channel,
     pub(crate) generation: u64,
+    /// Set when the broker nacked a publish on this channel: such a channel
+    /// is retired (a channel whose first publish to a quorum queue met its
+    /// leader's death keeps losing every later publish).
+    pub(crate) retired: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Creates publisher channels (in confirm mode when confirms are on).
@@ -199,11 +203,19 @@ impl Manager for ChannelManager {
         Ok(PooledChannel {
             channel,
             generation,
+            retired: Arc::default(),
         })
     }
 
     async fn recycle(&self, object: &mut PooledChannel, _: &Metrics) -> RecycleResult<KombuError> {
-        if object.channel.status().connected() {
+        if object.retired.load(std::sync::atomic::Ordering::Acquire) {
+            // Closing it releases the broker's side of it too.
+            let channel = object.channel.clone();
+            tokio::spawn(async move {
+                let _ = channel.close(200, "retired after a nack".into()).await;
+            });
+            Err(RecycleError::message("channel retired after a nack"))
+        } else if object.channel.status().connected() {
             Ok(())
         } else {
             Err(RecycleError::message("channel closed"))

@@ -145,7 +145,9 @@ impl Classify for KombuError {
             KombuError::Connect { source, tls, .. } => classify_lapin(source, true, *tls),
             KombuError::Amqp(error) => classify_lapin(error, false, false),
             KombuError::Tls(_) => ErrorKind::Tls,
-            KombuError::Unroutable { .. } | KombuError::Nacked => ErrorKind::Undeliverable,
+            KombuError::Unroutable { .. } => ErrorKind::Undeliverable,
+            // Quorum queues nack while they elect a leader: try again.
+            KombuError::Nacked => ErrorKind::Busy,
             KombuError::Pool(_) => ErrorKind::Unreachable,
             KombuError::GaveUp { last, .. } => last.kind(),
         }

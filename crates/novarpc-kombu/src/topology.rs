@@ -36,9 +36,10 @@ impl Exchange {
     ) -> lapin::Result<()> {
         let (kind, durable, auto_delete) = match self {
             Exchange::Default => return Ok(()),
+            // Quorum queues make oslo's whole topology durable, exchange too.
             Exchange::Topic(_) => (
                 ExchangeKind::Topic,
-                options.durable_queues,
+                options.durable_queues || options.quorum_queues,
                 options.auto_delete,
             ),
             // oslo makes it durable with transient quorum queues.

@@ -123,7 +123,9 @@ impl KombuDriver {
         let publishers = pool::build(
             ChannelManager {
                 broker: broker.clone(),
-                confirms: options.publisher_confirms || options.mandatory_replies,
+                confirms: options.publisher_confirms
+                    || options.mandatory_replies
+                    || options.quorum_queues,
             },
             options.channel_pool_size,
         );
@@ -245,6 +247,7 @@ impl KombuDriver {
                     };
                     // Give the channel back before waiting: many publishes share a
                     // channel while their confirmations are outstanding.
+                    let retired = channel.retired.clone();
                     drop(channel);
                     if confirm == Confirm::Skip {
                         return Ok(());
@@ -255,7 +258,11 @@ impl KombuDriver {
                             exchange: exchange.name().to_owned(),
                             routing_key: routing_key.to_owned(),
                         }),
-                        Ok(Confirmation::Nack(_)) => Err(KombuError::Nacked),
+                        Ok(Confirmation::Nack(_)) => {
+                            // Retire the channel: the next publish takes another.
+                            retired.store(true, std::sync::atomic::Ordering::Release);
+                            Err(KombuError::Nacked)
+                        }
                         Err(error) => Err(KombuError::Amqp(error)),
                     }
                 }
@@ -467,7 +474,14 @@ impl Driver for KombuDriver {
             mandatory: false,
             properties: properties().with_expiration(expiration.into()),
             declare_queue: None,
-            confirm: Confirm::Skip,
+            // On quorum queues a publish can be lost in a leader election:
+            // confirm calls there, so a lost request is sent again within
+            // the call's deadline instead of timing out.
+            confirm: if self.shared.options.quorum_queues {
+                Confirm::Wait
+            } else {
+                Confirm::Skip
+            },
             policy: self.cast_policy(),
             give_up_at: Some(give_up_at),
             retry_unroutable: false,

@@ -6,7 +6,9 @@
 //! must fail with a clear error.
 //!
 //! These tests take the broker down: they hold a lock so they run one at a
-//! time, and cargo runs test binaries one after another.
+//! time, and cargo runs test binaries one after another. Which broker they
+//! drive is the environment's: `NOVARPC_TEST_RABBITMQCTL` names its
+//! `rabbitmqctl`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -23,14 +25,25 @@ static BROKER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Runs `rabbitmqctl` against the broker under test: the command in
+/// `NOVARPC_TEST_RABBITMQCTL` (split on spaces, e.g.
+/// `bash scripts/brokers-extra.sh ctl` for the RabbitMQ 4 chroot), else the
+/// machine's `rabbitmqctl`.
 pub async fn rabbitmqctl(args: &[&str]) -> Result<()> {
-    let status = tokio::process::Command::new("rabbitmqctl")
+    let configured = std::env::var("NOVARPC_TEST_RABBITMQCTL").ok();
+    let mut words: Vec<&str> = configured
+        .as_deref()
+        .map(|c| c.split_whitespace().collect())
+        .unwrap_or_else(|| vec!["rabbitmqctl"]);
+    let program = words.remove(0);
+    let status = tokio::process::Command::new(program)
+        .args(&words)
         .args(args)
         .stdout(std::process::Stdio::null())
         .status()
         .await
-        .context("running rabbitmqctl")?;
-    ensure!(status.success(), "rabbitmqctl {args:?} failed");
+        .with_context(|| format!("running {program}"))?;
+    ensure!(status.success(), "{program} {args:?} failed");
     Ok(())
 }
 
