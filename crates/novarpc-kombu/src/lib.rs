@@ -82,6 +82,9 @@ pub enum KombuError {
     /// The broker refused the message (nack).
     #[error("the broker refused the message (nack)")]
     Nacked,
+    /// No confirmation came within `confirm_timeout`.
+    #[error("no confirmation from the broker within {0:?}")]
+    Unconfirmed(std::time::Duration),
     /// The channel pool failed.
     #[error("channel pool: {0}")]
     Pool(String),
@@ -147,7 +150,7 @@ impl Classify for KombuError {
             KombuError::Tls(_) => ErrorKind::Tls,
             KombuError::Unroutable { .. } => ErrorKind::Undeliverable,
             // Quorum queues nack while they elect a leader: try again.
-            KombuError::Nacked => ErrorKind::Busy,
+            KombuError::Nacked | KombuError::Unconfirmed(_) => ErrorKind::Busy,
             KombuError::Pool(_) => ErrorKind::Unreachable,
             KombuError::GaveUp { last, .. } => last.kind(),
         }

@@ -58,6 +58,11 @@ pub struct KombuOptions {
     pub stream_fanout: bool,
     /// Wait for the broker's confirmation of casts and notifications.
     pub publisher_confirms: bool,
+    /// Seconds to wait for a publish's confirmation before the channel is
+    /// retired and the message sent again on another (the server drops the
+    /// copy by its `_unique_id`): a channel that published to a quorum
+    /// queue as its leader died may never confirm anything again.
+    pub confirm_timeout: f64,
     /// Publish casts to a topic or server as mandatory. A cast declares its
     /// target's queue first (so it waits there for a server); a cast the
     /// broker still returns is reported as undeliverable instead of being
@@ -108,6 +113,7 @@ impl Default for KombuOptions {
             transient_quorum_queue: false,
             stream_fanout: false,
             publisher_confirms: true,
+            confirm_timeout: 1.0,
             mandatory_casts: true,
             mandatory_replies: true,
             missing_consumer_retry_timeout: 60.0,
@@ -142,6 +148,7 @@ impl KombuOptions {
             "missing_consumer_retry_timeout",
             options.missing_consumer_retry_timeout,
         )?;
+        seconds(config, "kombu", "confirm_timeout", options.confirm_timeout)?;
         if options.channel_pool_size == 0 {
             return Err(config.invalid("kombu", "channel_pool_size", "must be at least 1"));
         }

@@ -252,7 +252,13 @@ impl KombuDriver {
                     if confirm == Confirm::Skip {
                         return Ok(());
                     }
-                    match pending.await {
+                    let patience = Duration::from_secs_f64(shared.options.confirm_timeout);
+                    let Ok(confirmed) = tokio::time::timeout(patience, pending).await else {
+                        // Retire the channel and send again on another.
+                        retired.store(true, std::sync::atomic::Ordering::Release);
+                        return Err(KombuError::Unconfirmed(patience));
+                    };
+                    match confirmed {
                         Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Ok(()),
                         Ok(Confirmation::Ack(Some(_))) => Err(KombuError::Unroutable {
                             exchange: exchange.name().to_owned(),

@@ -311,6 +311,7 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(750);
 
 /// What one call or cast of [`deadlines_hold`] did.
 struct Ended {
+    started: tokio::time::Instant,
     elapsed: Duration,
     kind: Option<ErrorKind>,
 }
@@ -325,6 +326,23 @@ pub async fn deadlines_hold<F, Fut>(
     make_backend: &dyn Fn(&str, &str) -> Box<dyn Backend>,
     driver_options: &str,
     fault: F,
+) -> Result<()>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    deadlines_hold_and_recover(name, make_backend, driver_options, fault, None).await
+}
+
+/// [`deadlines_hold`], and with `recover_within`: no call or cast started
+/// more than that after the fault began may fail (a cluster fails over; a
+/// single broker that is down cannot).
+pub async fn deadlines_hold_and_recover<F, Fut>(
+    name: &str,
+    make_backend: &dyn Fn(&str, &str) -> Box<dyn Backend>,
+    driver_options: &str,
+    fault: F,
+    recover_within: Option<Duration>,
 ) -> Result<()>
 where
     F: FnOnce() -> Fut,
@@ -384,6 +402,7 @@ where
                 };
                 let kind = result.err().map(|e| e.kind());
                 ended.push(Ended {
+                    started,
                     elapsed: started.elapsed(),
                     kind,
                 });
@@ -397,6 +416,7 @@ where
         }));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let fault_began = tokio::time::Instant::now();
     let faulted = fault().await;
     if faulted.is_err() {
         let _ = start_broker().await;
@@ -441,6 +461,22 @@ where
         slowest_cast <= SEND + DEADLINE_MARGIN,
         "{name}: a cast with a {SEND:?} send timeout took {slowest_cast:?}"
     );
+    if let Some(recover) = recover_within {
+        let late: Vec<_> = calls
+            .iter()
+            .chain(&casts)
+            .filter(|e| e.kind.is_some() && e.started > fault_began + recover)
+            .collect();
+        println!(
+            "{name}: {} failures among calls and casts started more than {recover:?} after the fault",
+            late.len()
+        );
+        ensure!(
+            late.is_empty(),
+            "{name}: {} calls or casts started more than {recover:?} after the fault failed",
+            late.len()
+        );
+    }
     for ended in calls.iter().chain(&casts) {
         if let Some(kind) = ended.kind {
             ensure!(
