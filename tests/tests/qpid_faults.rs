@@ -41,3 +41,17 @@ async fn calls_and_casts_end_by_their_deadline_through_a_broker_stop() -> Result
     )
     .await
 }
+
+/// RabbitMQ 3.10's AMQP 1.0 plugin ignores memory alarms (casts keep being
+/// accepted), so this mostly shows that nothing stalls either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ with rabbitmq_amqp1_0 (and raises a memory alarm): run ./scripts/test"]
+async fn calls_and_casts_end_by_their_deadline_through_a_memory_alarm() -> Result<()> {
+    faults::deadlines_hold(
+        "qpid memory alarm",
+        &qpid_full,
+        PATIENT,
+        faults::memory_alarm,
+    )
+    .await
+}
