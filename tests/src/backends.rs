@@ -48,6 +48,10 @@ impl Backend for MemoryBackend {
         );
         Ok(())
     }
+
+    async fn cells(&self) -> anyhow::Result<Option<crate::Cells>> {
+        crate::cells::memory()
+    }
 }
 
 /// How to get a broker, for failure messages.
@@ -107,11 +111,27 @@ impl KombuBackend {
 
 /// A raw lapin connection to the test broker.
 pub async fn raw_rabbit() -> anyhow::Result<lapin::Connection> {
-    let mut url = rabbit_url().replacen("rabbit://", "amqp://", 1);
+    // The first host of the test URL (a cluster's URL names several).
+    let parsed: novarpc::TransportUrl = rabbit_url().parse()?;
+    let host = parsed
+        .hosts
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("the test URL names no host"))?;
     // In AMQP URIs an empty path is the vhost "", not "/".
-    if url.ends_with('/') {
-        url.push_str("%2f");
-    }
+    let vhost = match parsed.virtual_host.as_deref() {
+        None | Some("") | Some("/") => "%2f".to_owned(),
+        Some(v) => v.to_owned(),
+    };
+    let url = format!(
+        "amqp://{}:{}@{}:{}/{vhost}",
+        host.username.as_deref().unwrap_or("guest"),
+        host.password
+            .as_ref()
+            .map(|p| p.expose())
+            .unwrap_or("guest"),
+        host.hostname,
+        host.port.unwrap_or(5672)
+    );
     lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach RabbitMQ at {url}: {e}; {START_RABBITMQ}"))
@@ -189,6 +209,10 @@ impl Backend for KombuBackend {
 
     fn settle_time(&self) -> std::time::Duration {
         std::time::Duration::from_millis(300)
+    }
+
+    async fn cells(&self) -> anyhow::Result<Option<crate::Cells>> {
+        crate::cells::kombu().await
     }
 }
 
@@ -357,5 +381,9 @@ impl Backend for QpidBackend {
 
     fn settle_time(&self) -> std::time::Duration {
         std::time::Duration::from_millis(300)
+    }
+
+    async fn cells(&self) -> anyhow::Result<Option<crate::Cells>> {
+        crate::cells::qpid().await
     }
 }

@@ -3,11 +3,13 @@
 //! each backend from the environment (`NOVARPC_TEST_RABBIT_URL`,
 //! `NOVARPC_TEST_AMQP1_URL`, `NOVARPC_TEST_AMQP1_ADDRESSING`,
 //! `NOVARPC_TEST_AMQP1_SASL`); a backend's test file is one line:
-//! `conformance_suite!(backends::memory());`.
+//! `conformance_suite!(backends::memory());`. [`cells`] gives each backend
+//! a second broker for the cells tests.
 
 pub use novarpc_testkit::*;
 
 pub mod backends;
+pub mod cells;
 pub mod python;
 
 /// Where `scripts/brokers.sh` put the test CA and client certificate

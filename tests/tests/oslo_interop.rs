@@ -236,12 +236,12 @@ async fn novarpc_client_calls_python_oslo_server() -> Result<()> {
     );
 
     client
-        .cast_to_server(&ctx, "pyhost2", "record", &json!({"value": "c2"}))
+        .cast_to_host(&ctx, "pyhost2", "record", &json!({"value": "c2"}))
         .await?;
     let event = py2.next_event(Duration::from_secs(10)).await?;
     ensure!(
         event["value"] == "c2" && event["context"]["user_id"] == "u1",
-        "cast_to_server: {event}"
+        "cast_to_host: {event}"
     );
     client
         .fanout_cast(&ctx, "record", &json!({"value": "c3"}))

@@ -48,6 +48,10 @@ struct Addressing {
     /// Send to this server (host) only.
     #[arg(long)]
     server: Option<String>,
+    /// Send on another broker (a Nova cell): a [brokers.NAME] table of the
+    /// configuration, or a transport URL.
+    #[arg(long, value_name = "NAME|URL")]
+    broker: Option<String>,
     #[arg(long)]
     namespace: Option<String>,
     /// The message's API version (MAJOR.MINOR).
@@ -76,7 +80,8 @@ enum Command {
         #[arg(long)]
         timeout: Option<f64>,
     },
-    /// Cast METHOD to TOPIC (one server, --server, or every server with --fanout).
+    /// Cast METHOD to TOPIC (one server, --server, or every server with --fanout;
+    /// on another broker with --broker).
     Cast {
         topic: String,
         method: String,
@@ -315,13 +320,21 @@ fn print_json(value: &Value) -> Result<()> {
     Ok(())
 }
 
-fn client(transport: Transport, topic: &str, addressing: &Addressing) -> RpcClient {
+fn client(transport: Transport, topic: &str, addressing: &Addressing) -> Result<RpcClient> {
     let mut target = Target::new(topic);
     target.server = addressing.server.clone();
     target.namespace = addressing.namespace.clone();
     target.version = addressing.version.clone();
     target.exchange = addressing.exchange.clone();
-    RpcClient::new(transport, target)
+    let client = RpcClient::new(transport, target);
+    Ok(match &addressing.broker {
+        Some(broker) => client.broker(
+            broker
+                .parse()
+                .map_err(|e: novarpc::ConfigError| usage(format!("--broker: {e}")))?,
+        ),
+        None => client,
+    })
 }
 
 async fn run(cli: Cli) -> Result<u8> {
@@ -336,7 +349,7 @@ async fn run(cli: Cli) -> Result<u8> {
             let args = json_arg(&addressing.args, "--args")?;
             let context = context_arg(addressing.context.as_deref())?;
             let transport = novarpc::connect(&config).await?;
-            let mut client = client(transport.clone(), &topic, &addressing);
+            let mut client = client(transport.clone(), &topic, &addressing)?;
             if let Some(seconds) = timeout {
                 client = client.timeout(
                     Duration::try_from_secs_f64(seconds)
@@ -357,11 +370,13 @@ async fn run(cli: Cli) -> Result<u8> {
             let args = json_arg(&addressing.args, "--args")?;
             let context = context_arg(addressing.context.as_deref())?;
             let transport = novarpc::connect(&config).await?;
-            let client = client(transport.clone(), &topic, &addressing);
+            // With --broker the client sends on that broker: a cast there is
+            // cast_to_server, a fanout there fanout_cast_to_server.
+            let client = client(transport.clone(), &topic, &addressing)?;
             let result = match (fanout, &addressing.server) {
-                (true, Some(server)) => {
+                (true, Some(host)) => {
                     client
-                        .fanout_cast_to_server(&context, server, &method, &args)
+                        .fanout_cast_to_host(&context, host, &method, &args)
                         .await
                 }
                 (true, None) => client.fanout_cast(&context, &method, &args).await,
@@ -659,10 +674,52 @@ fn check_config(config: &novarpc::Config) -> Result<u8> {
         "executor_thread_pool_size = {}",
         common.executor_thread_pool_size
     );
+    println!("broker_cache_size = {}", common.broker_cache_size);
+    println!(
+        "broker_idle_timeout = {}",
+        common.broker_idle_timeout.as_secs_f64()
+    );
     println!();
     println!("[{}]", driver.config_section);
-    print!("{}", (driver.resolved_options)(config)?);
+    let resolved = (driver.resolved_options)(config)?;
+    print!("{resolved}");
+    for entry in config.brokers() {
+        let broker_driver = registry.validate_broker(config, entry)?;
+        let scoped = config.for_broker(&entry.name)?;
+        println!();
+        println!("[brokers.{}]", entry.name);
+        // TransportUrl's Display redacts passwords.
+        println!("transport_url = \"{}\"", entry.transport_url);
+        println!("rpc_backend = {:?}", broker_driver.name);
+        let options = (broker_driver.resolved_options)(&scoped)?;
+        // Only what differs from the top-level table of the same driver.
+        let differing = if broker_driver.name == driver.name {
+            toml_differences(&resolved, &options)
+        } else {
+            options
+        };
+        if !differing.trim().is_empty() {
+            println!();
+            println!("[brokers.{}.{}]", entry.name, broker_driver.config_section);
+            print!("{differing}");
+        }
+    }
     Ok(0)
+}
+
+/// The keys of `table` (TOML text) whose values differ from `base`'s, as TOML.
+fn toml_differences(base: &str, table: &str) -> String {
+    let (Ok(base), Ok(table)) = (
+        toml::from_str::<toml::Table>(base),
+        toml::from_str::<toml::Table>(table),
+    ) else {
+        return table.to_owned();
+    };
+    let differing: toml::Table = table
+        .into_iter()
+        .filter(|(k, v)| base.get(k) != Some(v))
+        .collect();
+    toml::to_string(&differing).unwrap_or_default()
 }
 
 async fn ping(config: &novarpc::Config, timeout: f64) -> Result<u8> {

@@ -184,6 +184,184 @@ fn bad_arguments_exit_2() -> Result<()> {
     Ok(())
 }
 
+/// `[brokers]` in check-config (redacted, overrides shown) and `--broker`
+/// on cast and call, on the memory backend.
+#[test]
+fn brokers_in_check_config_and_the_broker_flag_on_memory() -> Result<()> {
+    let config = temp_config(
+        "[DEFAULT]\ntransport_url = \"memory://c0\"\n\n[kombu]\nmax_retries = 3\n\n\
+         [brokers.cell1]\ntransport_url = \"memory://c1\"\n\n\
+         [brokers.cell2]\ntransport_url = \"rabbit://nova:hunter2@127.0.0.1:1/cell2\"\n\n\
+         [brokers.cell2.kombu]\nmax_retries = 0\nretry_interval = 0.1\n",
+    )?;
+    let out = novarpc(&config, &["check-config"]);
+    let all = text(&out.stdout) + &text(&out.stderr);
+    ensure!(out.status.code() == Some(0), "{all}");
+    ensure!(
+        all.contains("[brokers.cell1]") && all.contains("rpc_backend = \"memory\""),
+        "{all}"
+    );
+    ensure!(
+        all.contains("[brokers.cell2]")
+            && all.contains("nova:***@127.0.0.1:1/cell2")
+            && !all.contains("hunter2"),
+        "{all}"
+    );
+    ensure!(
+        all.contains("[brokers.cell2.kombu]") && all.contains("max_retries = 0"),
+        "{all}"
+    );
+
+    let out = novarpc(&config, &["cast", "t", "m", "--broker", "cell1"]);
+    ensure!(out.status.code() == Some(0), "{}", text(&out.stderr));
+    let out = novarpc(
+        &config,
+        &["cast", "t", "m", "--fanout", "--broker", "memory://c1"],
+    );
+    ensure!(out.status.code() == Some(0), "{}", text(&out.stderr));
+    let out = novarpc(
+        &config,
+        &["call", "t", "m", "--broker", "cell1", "--timeout", "0.3"],
+    );
+    ensure!(
+        out.status.code() == Some(5),
+        "exit {:?}: {}",
+        out.status.code(),
+        text(&out.stderr)
+    );
+    // A broker that is down: exit 4, no password shown.
+    let out = novarpc(&config, &["cast", "t", "m", "--broker", "cell2"]);
+    let stderr = text(&out.stderr);
+    ensure!(
+        out.status.code() == Some(4),
+        "exit {:?}: {stderr}",
+        out.status.code()
+    );
+    ensure!(!stderr.contains("hunter2"), "{stderr}");
+    let out = novarpc(&config, &["cast", "t", "m", "--broker", "cell9"]);
+    ensure!(
+        out.status.code() == Some(3) && text(&out.stderr).contains("cell9"),
+        "exit {:?}: {}",
+        out.status.code(),
+        text(&out.stderr)
+    );
+    let out = novarpc(&config, &["cast", "t", "m", "--broker", "not a name"]);
+    ensure!(out.status.code() == Some(2), "exit {:?}", out.status.code());
+
+    let bad = temp_config(
+        "[brokers.cell1]\ntransport_url = \"memory://c1\"\n\n[brokers.cell1.kombu]\nprefetch = 1\n",
+    )?;
+    let out = novarpc(&bad, &["check-config"]);
+    let stderr = text(&out.stderr);
+    ensure!(
+        out.status.code() == Some(3) && stderr.contains("line 5") && stderr.contains("prefetch"),
+        "exit {:?}: {stderr}",
+        out.status.code()
+    );
+    let bad = temp_config("[brokers.cell1]\ntransport_url = \"zmq://h/\"\n")?;
+    let out = novarpc(&bad, &["check-config"]);
+    let stderr = text(&out.stderr);
+    ensure!(
+        out.status.code() == Some(3)
+            && stderr.contains("line 2")
+            && stderr.contains("brokers.cell1.transport_url"),
+        "exit {:?}: {stderr}",
+        out.status.code()
+    );
+    Ok(())
+}
+
+/// `--broker` against a server on another virtual host of the machine's
+/// RabbitMQ (made for the test with rabbitmqctl, removed after).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ and rabbitmqctl: run ./scripts/test"]
+async fn broker_flag_against_rabbitmq() -> Result<()> {
+    use novarpc_conformance::cells::{with_vhost, Vhost};
+    let url = rabbit_url();
+    let vhost = Vhost::create(&unique("novarpc_cell1"), "guest").await?;
+    let cell1_url = with_vhost(&url, vhost.name())?;
+    let topic = unique("cli_cells");
+    let config = temp_config(&format!(
+        "[DEFAULT]\ntransport_url = \"{url}\"\nrpc_response_timeout = 10\n\n[brokers.cell1]\ntransport_url = \"{cell1_url}\"\n"
+    ))?;
+    let cell1 = novarpc::Config::from_toml_str(
+        &format!("[DEFAULT]\ntransport_url = \"{cell1_url}\"\n"),
+        "<cell1>",
+    )?;
+    let transport = novarpc::connect(&cell1).await?;
+    let (tx, mut records) = mpsc::unbounded_channel::<Value>();
+    let endpoint = Endpoint::new()
+        .method("add", |_ctx, a: AddArgs| async move {
+            Ok::<_, EndpointError>(a.a + a.b)
+        })
+        .method("record", move |_ctx, r: Record| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(r.value);
+                Ok::<_, EndpointError>(())
+            }
+        });
+    let server = RpcServer::builder(transport.clone(), Target::new(&topic).server("h1"))
+        .endpoint(endpoint)
+        .start()
+        .await?;
+    let run = |args: Vec<String>| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            novarpc(&config, &args)
+        })
+    };
+    let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let out = run(args(&[
+        "call",
+        &topic,
+        "add",
+        "--args",
+        r#"{"a": 1, "b": 2}"#,
+        "--broker",
+        "cell1",
+    ]))
+    .await?;
+    ensure!(out.status.code() == Some(0), "{}", text(&out.stderr));
+    ensure!(text(&out.stdout).trim() == "3", "{}", text(&out.stdout));
+    let out = run(args(&[
+        "call",
+        &topic,
+        "add",
+        "--args",
+        r#"{"a": 1, "b": 2}"#,
+        "--timeout",
+        "1",
+    ]))
+    .await?;
+    ensure!(
+        out.status.code() == Some(5),
+        "without --broker the call stays on cell 0: exit {:?}",
+        out.status.code()
+    );
+    for (value, extra) in [
+        ("c1", vec!["--broker", "cell1"]),
+        ("f1", vec!["--broker", cell1_url.as_str(), "--fanout"]),
+    ] {
+        let json = format!(r#"{{"value": "{value}"}}"#);
+        let mut list = vec!["cast", topic.as_str(), "record", "--args", json.as_str()];
+        list.extend(extra);
+        let out = run(args(&list)).await?;
+        ensure!(out.status.code() == Some(0), "{}", text(&out.stderr));
+        let got = tokio::time::timeout(Duration::from_secs(10), records.recv())
+            .await?
+            .context("record channel closed")?;
+        ensure!(got == json!(value), "{got}");
+    }
+    server.stop().await?;
+    transport.cleanup().await?;
+    // Cell 0 got the topic queue of the call that stayed home.
+    kombu().remove_topology(&[topic], &[]).await?;
+    drop(vhost);
+    Ok(())
+}
+
 #[derive(Deserialize)]
 struct AddArgs {
     a: i64,

@@ -11,6 +11,13 @@
 //!
 //! [kombu]
 //! rabbit_qos_prefetch_count = 64
+//!
+//! # Other brokers (Nova cells), reached with cast_to_server & co.
+//! [brokers.cell1]
+//! transport_url = "rabbit://nova:secret@cell1-mq:5672/nova"
+//!
+//! [brokers.cell1.kombu]                 # merged over [kombu] for this broker
+//! ssl = true
 //! ```
 
 use std::fmt;
@@ -89,6 +96,24 @@ pub enum ConfigError {
         table: String,
         /// The tables that would have been accepted, for the message.
         known: String,
+    },
+    /// A broker name that no `[brokers.NAME]` table defines.
+    #[error("{origin}: unknown broker `{name}`; the [brokers] tables name: {known}")]
+    UnknownBroker {
+        /// The file or label the configuration came from.
+        origin: String,
+        /// The name that matched nothing.
+        name: String,
+        /// The names that would have been accepted, for the message.
+        known: String,
+    },
+    /// A broker that is neither a `[brokers]` name nor a transport URL.
+    #[error("invalid broker `{broker}`: {reason}")]
+    InvalidBroker {
+        /// The text given, passwords hidden.
+        broker: String,
+        /// What is wrong with it.
+        reason: String,
     },
     /// A transport URL that does not parse.
     #[error("invalid transport URL `{url}`: {reason}")]
@@ -412,6 +437,12 @@ pub struct CommonOptions {
     pub send_timeout: Duration,
     /// How many requests a server handles at once.
     pub executor_thread_pool_size: usize,
+    /// How many other brokers' transports the process keeps connected at
+    /// most (least recently used closed first; those still in use by a
+    /// server or client are never closed).
+    pub broker_cache_size: usize,
+    /// How long another broker's transport may go unused before it is closed.
+    pub broker_idle_timeout: Duration,
 }
 
 impl Default for CommonOptions {
@@ -423,6 +454,8 @@ impl Default for CommonOptions {
             rpc_response_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(30),
             executor_thread_pool_size: 64,
+            broker_cache_size: 16,
+            broker_idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -436,6 +469,161 @@ struct DefaultTable {
     rpc_response_timeout: Option<toml::Spanned<f64>>,
     send_timeout: Option<toml::Spanned<f64>>,
     executor_thread_pool_size: Option<toml::Spanned<i64>>,
+    broker_cache_size: Option<toml::Spanned<i64>>,
+    broker_idle_timeout: Option<toml::Spanned<f64>>,
+}
+
+/// One `[brokers.NAME]` table: another message broker the process may send
+/// to (a Nova cell), by name.
+///
+/// ```toml
+/// [brokers.cell1]
+/// transport_url = "rabbit://nova:secret@cell1-mq:5672/nova"
+/// rpc_backend = "kombu"           # optional: the URL's scheme chooses
+///
+/// [brokers.cell1.kombu]           # optional: merged over [kombu]
+/// ssl = true
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct BrokerEntry {
+    /// The table's name (`cell1`).
+    pub name: String,
+    /// Where the broker is, with its credentials (redacted in `Debug`).
+    pub transport_url: TransportUrl,
+    /// The backend, when the table names one; else the URL's scheme decides.
+    pub rpc_backend: Option<String>,
+    /// Driver tables (`[brokers.cell1.kombu]`) merged over the top-level
+    /// ones for this broker, with the line each starts on.
+    pub tables: Vec<(String, Option<usize>)>,
+    /// The line the table starts on.
+    pub line: Option<usize>,
+    /// The line of its `transport_url`.
+    pub url_line: Option<usize>,
+}
+
+const BROKER_KEYS: &str =
+    "a [brokers.NAME] table takes `transport_url`, `rpc_backend` and driver tables such as [brokers.NAME.kombu]";
+
+/// Parses the `[brokers]` tables, each error naming its file, line and key.
+fn parse_brokers(text: &str, origin: &str) -> Result<Vec<BrokerEntry>, ConfigError> {
+    type Table = std::collections::BTreeMap<String, toml::Spanned<toml::Value>>;
+    let parse_error = |e: toml::de::Error| ConfigError::Parse {
+        origin: origin.to_owned(),
+        message: redact_secrets(e.to_string().trim_end()),
+    };
+    let brokers: Option<std::collections::BTreeMap<String, toml::Spanned<toml::Value>>> =
+        section_at(text, &["brokers"]).map_err(parse_error)?;
+    let Some(brokers) = brokers else {
+        return Ok(Vec::new());
+    };
+    let invalid = |line: Option<usize>, key: String, message: String| ConfigError::Invalid {
+        origin: origin.to_owned(),
+        line,
+        key,
+        message,
+    };
+    let mut entries = Vec::new();
+    for (name, table) in brokers {
+        let header = header_line(text, &format!("brokers.{name}"))
+            .or_else(|| Some(line_of(text, table.span().start)));
+        if !table.get_ref().is_table() {
+            return Err(invalid(
+                header,
+                format!("brokers.{name}"),
+                format!("expected a table: {BROKER_KEYS}"),
+            ));
+        }
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+        {
+            return Err(invalid(
+                header,
+                format!("brokers.{name}"),
+                "broker names are letters, digits, `_` and `-`".into(),
+            ));
+        }
+        let table: Table = section_at(text, &["brokers", &name]).map_err(parse_error)?;
+        let mut transport_url = None;
+        let mut url_line = None;
+        let mut rpc_backend = None;
+        let mut tables = Vec::new();
+        for (key, value) in table {
+            let line = Some(line_of(text, value.span().start));
+            let full_key = format!("brokers.{name}.{key}");
+            match (key.as_str(), value.get_ref()) {
+                ("transport_url", toml::Value::String(url)) => {
+                    url_line = line;
+                    transport_url = Some(
+                        url.parse::<TransportUrl>()
+                            .map_err(|e| invalid(line, full_key, e.to_string()))?,
+                    );
+                }
+                ("rpc_backend", toml::Value::String(backend)) => {
+                    rpc_backend = Some(backend.clone());
+                }
+                ("transport_url" | "rpc_backend", other) => {
+                    return Err(invalid(
+                        line,
+                        full_key,
+                        format!("expected a string, got {}", other.type_str()),
+                    ));
+                }
+                (_, toml::Value::Table(_)) => {
+                    let line = header_line(text, &full_key).or(line);
+                    tables.push((key, line));
+                }
+                _ => {
+                    return Err(invalid(
+                        line,
+                        full_key,
+                        format!("unknown key: {BROKER_KEYS}"),
+                    ))
+                }
+            }
+        }
+        let transport_url = transport_url.ok_or_else(|| {
+            invalid(
+                header,
+                format!("brokers.{name}.transport_url"),
+                "missing: every broker needs a transport_url".into(),
+            )
+        })?;
+        entries.push(BrokerEntry {
+            name,
+            transport_url,
+            rpc_backend,
+            tables,
+            line: header,
+            url_line,
+        });
+    }
+    Ok(entries)
+}
+
+/// The line of the header `[name]` (or `[name.`...), if the table has one.
+fn header_line(text: &str, name: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.starts_with(&format!("[{name}]")) || l.starts_with(&format!("[{name}."))
+        })
+        .map(|i| i + 1)
+}
+
+/// Merges `overlay` over `base`, table by table; other values are replaced.
+fn merge_tables(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(overlay)) => {
+                merge_tables(base, overlay)
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
 }
 
 struct Source {
@@ -472,6 +660,9 @@ impl fmt::Debug for Source {
 pub struct Config {
     source: Arc<Source>,
     common: CommonOptions,
+    brokers: Arc<Vec<BrokerEntry>>,
+    /// The `[brokers]` table this configuration is for ([`Config::for_broker`]).
+    scope: Option<Arc<str>>,
 }
 
 impl Default for Config {
@@ -486,6 +677,8 @@ impl Default for Config {
                 rpc_backend: Some("memory".to_owned()),
                 ..CommonOptions::default()
             },
+            brokers: Arc::default(),
+            scope: None,
         }
     }
 }
@@ -523,7 +716,7 @@ impl Config {
         let document: toml::Table = toml::from_str(text).map_err(parse_error)?;
         let mut common = CommonOptions::default();
         if document.contains_key("DEFAULT") {
-            let table: DefaultTable = section_from_str(text, "DEFAULT").map_err(parse_error)?;
+            let table: DefaultTable = section_at(text, &["DEFAULT"]).map_err(parse_error)?;
             let invalid =
                 |span: std::ops::Range<usize>, key: &str, message: String| ConfigError::Invalid {
                     origin: origin.to_owned(),
@@ -560,6 +753,23 @@ impl Config {
                 common.send_timeout = positive_seconds(seconds)
                     .map_err(|m| invalid(timeout.span(), "send_timeout", m))?;
             }
+            if let Some(size) = table.broker_cache_size {
+                common.broker_cache_size = usize::try_from(*size.get_ref())
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        invalid(
+                            size.span(),
+                            "broker_cache_size",
+                            format!("must be a positive integer, got {}", size.get_ref()),
+                        )
+                    })?;
+            }
+            if let Some(timeout) = table.broker_idle_timeout {
+                let seconds = *timeout.get_ref();
+                common.broker_idle_timeout = positive_seconds(seconds)
+                    .map_err(|m| invalid(timeout.span(), "broker_idle_timeout", m))?;
+            }
             if let Some(size) = table.executor_thread_pool_size {
                 common.executor_thread_pool_size = usize::try_from(*size.get_ref())
                     .ok()
@@ -573,18 +783,26 @@ impl Config {
                     })?;
             }
         }
+        let brokers = if document.contains_key("brokers") {
+            parse_brokers(text, origin)?
+        } else {
+            Vec::new()
+        };
         Ok(Config {
             source: Arc::new(Source {
                 origin: origin.to_owned(),
                 text: text.to_owned(),
             }),
             common,
+            brokers: Arc::new(brokers),
+            scope: None,
         })
     }
 
     /// Applies `NOVARPC_RPC_BACKEND`, `NOVARPC_TRANSPORT_URL`,
-    /// `NOVARPC_CONTROL_EXCHANGE`, `NOVARPC_RPC_RESPONSE_TIMEOUT` and
-    /// `NOVARPC_EXECUTOR_THREAD_POOL_SIZE` from `vars`.
+    /// `NOVARPC_CONTROL_EXCHANGE`, `NOVARPC_RPC_RESPONSE_TIMEOUT`,
+    /// `NOVARPC_SEND_TIMEOUT`, `NOVARPC_EXECUTOR_THREAD_POOL_SIZE`,
+    /// `NOVARPC_BROKER_CACHE_SIZE` and `NOVARPC_BROKER_IDLE_TIMEOUT` from `vars`.
     pub fn apply_overrides(
         &mut self,
         vars: impl IntoIterator<Item = (String, String)>,
@@ -618,6 +836,20 @@ impl Config {
                         .parse()
                         .map_err(|_| env_error(format!("`{value}` is not a number of seconds")))?;
                     self.common.send_timeout = positive_seconds(seconds).map_err(env_error)?;
+                }
+                "NOVARPC_BROKER_CACHE_SIZE" => {
+                    self.common.broker_cache_size = value
+                        .parse()
+                        .ok()
+                        .filter(|n: &usize| *n > 0)
+                        .ok_or_else(|| env_error(format!("`{value}` is not a positive integer")))?
+                }
+                "NOVARPC_BROKER_IDLE_TIMEOUT" => {
+                    let seconds: f64 = value
+                        .parse()
+                        .map_err(|_| env_error(format!("`{value}` is not a number of seconds")))?;
+                    self.common.broker_idle_timeout =
+                        positive_seconds(seconds).map_err(env_error)?;
                 }
                 "NOVARPC_EXECUTOR_THREAD_POOL_SIZE" => {
                     self.common.executor_thread_pool_size = value
@@ -669,37 +901,134 @@ impl Config {
             .collect()
     }
 
-    /// Parses the table `[name]` into a driver's typed options (defaults when the
-    /// table is absent). Errors name the file, line and key.
-    pub fn section<T: DeserializeOwned + Default>(&self, name: &str) -> Result<T, ConfigError> {
-        section_from_str::<Option<T>>(&self.source.text, name)
-            .map(Option::unwrap_or_default)
-            .map_err(|e| ConfigError::Parse {
-                origin: self.source.origin.clone(),
-                message: e.to_string().trim_end().to_owned(),
-            })
+    /// The `[brokers.NAME]` tables, in name order.
+    pub fn brokers(&self) -> &[BrokerEntry] {
+        &self.brokers
     }
 
-    /// An error about `key` in table `[table]`, for drivers' own checks.
-    pub fn invalid(&self, table: &str, key: &str, message: impl Into<String>) -> ConfigError {
+    /// The `[brokers]` table this configuration was made for by
+    /// [`Config::for_broker`], if any.
+    pub fn broker_scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+
+    /// The configuration of the broker `[brokers.NAME]`: the same `[DEFAULT]`
+    /// options with the broker's `transport_url` (and `rpc_backend`), and
+    /// driver tables with the broker's own (`[brokers.NAME.kombu]`) merged
+    /// over them key by key. Its [`Config::origin`] names the broker.
+    pub fn for_broker(&self, name: &str) -> Result<Config, ConfigError> {
+        let entry = self
+            .brokers
+            .iter()
+            .find(|b| b.name == name)
+            .ok_or_else(|| ConfigError::UnknownBroker {
+                origin: self.source.origin.clone(),
+                name: name.to_owned(),
+                known: if self.brokers.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    self.brokers
+                        .iter()
+                        .map(|b| b.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            })?;
+        let mut config = self.clone();
+        config.common.transport_url = Some(entry.transport_url.clone());
+        config.common.rpc_backend = entry.rpc_backend.clone();
+        config.scope = Some(Arc::from(name));
+        Ok(config)
+    }
+
+    /// The configuration of the broker at `url`: the same `[DEFAULT]` options
+    /// and driver tables, with this transport URL; its scheme chooses the
+    /// backend.
+    pub fn for_url(&self, url: TransportUrl) -> Config {
+        let mut config = self.clone();
+        config.common.transport_url = Some(url);
+        config.common.rpc_backend = None;
+        config.scope = None;
+        config
+    }
+
+    /// Parses the table `[name]` into a driver's typed options (defaults when the
+    /// table is absent). Errors name the file, line and key.
+    ///
+    /// In a broker's configuration ([`Config::for_broker`]), the broker's
+    /// `[brokers.NAME.<name>]` table is checked on its own (errors name its
+    /// lines), then merged over `[name]` key by key (nested tables too). Both
+    /// tables must spell a key the same way (not one an alias of the other).
+    pub fn section<T: DeserializeOwned + Default>(&self, name: &str) -> Result<T, ConfigError> {
         let text = &self.source.text;
-        let mut in_table = false;
-        let mut line = None;
-        for (i, l) in text.lines().enumerate() {
-            let l = l.trim_start();
-            if l.starts_with('[') {
-                in_table = l.starts_with(&format!("[{table}]"));
-            } else if in_table && l.starts_with(key) {
-                line = Some(i + 1);
-                break;
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
+            origin: self.source.origin.clone(),
+            message: redact_secrets(e.to_string().trim_end()),
+        };
+        let Some(scope) = &self.scope else {
+            return section_at::<Option<T>>(text, &[name])
+                .map(Option::unwrap_or_default)
+                .map_err(parse_error);
+        };
+        let path = ["brokers", scope, name];
+        let overlay: Option<toml::Table> = section_at(text, &path).map_err(parse_error)?;
+        let Some(overlay) = overlay else {
+            return section_at::<Option<T>>(text, &[name])
+                .map(Option::unwrap_or_default)
+                .map_err(parse_error);
+        };
+        // The override alone: unknown keys and wrong types name its lines.
+        section_at::<Option<T>>(text, &path).map_err(parse_error)?;
+        let mut merged: toml::Table = section_at::<Option<toml::Table>>(text, &[name])
+            .map_err(parse_error)?
+            .unwrap_or_default();
+        merge_tables(&mut merged, overlay);
+        T::deserialize(toml::Value::Table(merged)).map_err(|e| ConfigError::Parse {
+            origin: self.source.origin.clone(),
+            message: format!(
+                "[brokers.{scope}.{name}] merged over [{name}]: {}",
+                redact_secrets(e.to_string().trim_end())
+            ),
+        })
+    }
+
+    /// An error about `key` in table `[table]`, for drivers' own checks. In a
+    /// broker's configuration it names `[brokers.NAME.table]` when the key is
+    /// set there.
+    pub fn invalid(&self, table: &str, key: &str, message: impl Into<String>) -> ConfigError {
+        let message = message.into();
+        if let Some(scope) = &self.scope {
+            let scoped = format!("brokers.{scope}.{table}");
+            if let Some(line) = self.key_line(&scoped, key) {
+                return ConfigError::Invalid {
+                    origin: self.source.origin.clone(),
+                    line: Some(line),
+                    key: format!("{scoped}.{key}"),
+                    message,
+                };
             }
         }
         ConfigError::Invalid {
             origin: self.source.origin.clone(),
-            line,
+            line: self.key_line(table, key),
             key: format!("{table}.{key}"),
-            message: message.into(),
+            message,
         }
+    }
+
+    /// The line of `key` in the table with the header `[table]`.
+    fn key_line(&self, table: &str, key: &str) -> Option<usize> {
+        let mut in_table = false;
+        for (i, l) in self.source.text.lines().enumerate() {
+            let l = l.trim_start();
+            if l.starts_with('[') {
+                in_table = l.starts_with(&format!("[{table}]"));
+            } else if in_table && l.starts_with(key) && l[key.len()..].trim_start().starts_with('=')
+            {
+                return Some(i + 1);
+            }
+        }
+        None
     }
 }
 
@@ -713,29 +1042,38 @@ fn positive_seconds(seconds: f64) -> Result<Duration, String> {
     }
 }
 
-/// Deserializes table `name` of a TOML document straight from its text, so
-/// errors inside the table keep their line and column.
-fn section_from_str<T: DeserializeOwned>(text: &str, name: &str) -> Result<T, toml::de::Error> {
-    struct Section<'n, T> {
-        name: &'n str,
+/// Deserializes the table at `path` (`["kombu"]`, `["brokers", "cell1",
+/// "kombu"]`) of a TOML document straight from its text, so errors inside the
+/// table keep their line and column. An absent table deserializes from unit
+/// (`Option<_>` gives `None`).
+fn section_at<T: DeserializeOwned>(text: &str, path: &[&str]) -> Result<T, toml::de::Error> {
+    struct Section<'p, T> {
+        path: &'p [&'p str],
         marker: std::marker::PhantomData<T>,
     }
     impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for Section<'_, T> {
         type Value = T;
         fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
-            d.deserialize_map(self)
+            match self.path {
+                [] => T::deserialize(d),
+                _ => d.deserialize_map(self),
+            }
         }
     }
     impl<'de, T: DeserializeOwned> Visitor<'de> for Section<'_, T> {
         type Value = T;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            write!(f, "a TOML document")
+            write!(f, "a TOML table")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+            let (first, rest) = self.path.split_first().expect("a non-empty path");
             let mut found = None;
             while let Some(key) = map.next_key::<String>()? {
-                if key == self.name {
-                    found = Some(map.next_value::<T>()?);
+                if key == *first {
+                    found = Some(map.next_value_seed(Section::<T> {
+                        path: rest,
+                        marker: std::marker::PhantomData,
+                    })?);
                 } else {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -749,7 +1087,7 @@ fn section_from_str<T: DeserializeOwned>(text: &str, name: &str) -> Result<T, to
         }
     }
     Section {
-        name,
+        path,
         marker: std::marker::PhantomData,
     }
     .deserialize(toml::Deserializer::new(text))
@@ -867,6 +1205,114 @@ mod tests {
         assert!("no-scheme".parse::<TransportUrl>().is_err());
         let memory: TransportUrl = "memory://".parse().unwrap();
         assert!(memory.hosts.is_empty() && memory.virtual_host.is_none());
+    }
+
+    #[test]
+    fn brokers_tables_parse_and_merge_over_driver_tables() {
+        let text = "[DEFAULT]\ntransport_url = \"rabbit://a:pw0@h0/\"\n\n[drv]\nprefetch = 1\n\n\
+                    [brokers.cell1]\ntransport_url = \"rabbit://b:pw1@h1:5673/cell1\"\n\n\
+                    [brokers.cell1.drv]\nprefetch = 7\n";
+        let config = Config::from_toml_str(text, "c.toml").unwrap();
+        let entry = &config.brokers()[0];
+        assert_eq!(
+            (entry.name.as_str(), entry.line, entry.url_line),
+            ("cell1", Some(7), Some(8))
+        );
+        assert_eq!(entry.tables, vec![("drv".to_owned(), Some(10))]);
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("pw1") && !shown.contains("pw0"), "{shown}");
+        let cell1 = config.for_broker("cell1").unwrap();
+        assert_eq!(cell1.broker_scope(), Some("cell1"));
+        let url = cell1.common().transport_url.as_ref().unwrap();
+        assert_eq!(url.virtual_host.as_deref(), Some("cell1"));
+        assert_eq!(cell1.section::<DriverOptions>("drv").unwrap().prefetch, 7);
+        assert_eq!(config.section::<DriverOptions>("drv").unwrap().prefetch, 1);
+        let err = cell1.invalid("drv", "prefetch", "too big");
+        assert!(
+            matches!(&err, ConfigError::Invalid { line: Some(11), key, .. } if key == "brokers.cell1.drv.prefetch"),
+            "{err}"
+        );
+        assert!(matches!(
+            config.for_broker("cell2"),
+            Err(ConfigError::UnknownBroker { .. })
+        ));
+        let by_url = config.for_url("memory://x".parse().unwrap());
+        assert_eq!(by_url.broker_scope(), None);
+        assert_eq!(by_url.common().rpc_backend, None);
+        assert_eq!(by_url.section::<DriverOptions>("drv").unwrap().prefetch, 1);
+    }
+
+    #[test]
+    fn nested_driver_tables_merge_key_by_key() {
+        let mut base: toml::Table = toml::from_str("a = 1\n[n]\nx = 1\ny = 2\n").unwrap();
+        let overlay: toml::Table = toml::from_str("b = 2\n[n]\ny = 3\n").unwrap();
+        merge_tables(&mut base, overlay);
+        let expected: toml::Table = toml::from_str("a = 1\nb = 2\n[n]\nx = 1\ny = 3\n").unwrap();
+        assert_eq!(base, expected);
+    }
+
+    #[test]
+    fn brokers_errors_name_file_line_and_key() {
+        let invalid = |text: &str| Config::from_toml_str(text, "b.toml").unwrap_err();
+        let err = invalid("[brokers.cell1]\ntransport_url = \"memory://x\"\ntransprt = 1\n");
+        assert!(
+            matches!(&err, ConfigError::Invalid { line: Some(3), key, .. } if key == "brokers.cell1.transprt"),
+            "{err}"
+        );
+        let err = invalid("\n[brokers.cell1]\ntransport_url = \"rabbit://u:s3cret@h1,,h2/\"\n");
+        assert!(
+            matches!(&err, ConfigError::Invalid { line: Some(3), key, .. } if key == "brokers.cell1.transport_url"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("s3cret") && err.to_string().contains("b.toml"));
+        let err = invalid("[brokers.cell1]\nrpc_backend = \"kombu\"\n");
+        assert!(
+            matches!(&err, ConfigError::Invalid { line: Some(1), key, .. } if key == "brokers.cell1.transport_url"),
+            "{err}"
+        );
+        let err = invalid("[brokers]\ncell1 = \"rabbit://h/\"\n");
+        assert!(
+            matches!(&err, ConfigError::Invalid { key, .. } if key == "brokers.cell1"),
+            "{err}"
+        );
+        let err = invalid("[brokers.cell1]\ntransport_url = 5\n");
+        assert!(
+            matches!(&err, ConfigError::Invalid { line: Some(2), .. }),
+            "{err}"
+        );
+        // The broker's driver table on its own: its lines.
+        let config = Config::from_toml_str(
+            "[brokers.cell1]\ntransport_url = \"memory://x\"\n\n[brokers.cell1.drv]\n\nextra = 1\n",
+            "b.toml",
+        )
+        .unwrap();
+        let err = config
+            .for_broker("cell1")
+            .unwrap()
+            .section::<DriverOptions>("drv")
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("line 6") && text.contains("extra"), "{text}");
+    }
+
+    #[test]
+    fn broker_cache_options_parse() {
+        let config = Config::from_toml_str(
+            "[DEFAULT]\nbroker_cache_size = 4\nbroker_idle_timeout = 2.5\n",
+            "d.toml",
+        )
+        .unwrap();
+        assert_eq!(config.common().broker_cache_size, 4);
+        assert_eq!(
+            config.common().broker_idle_timeout,
+            Duration::from_millis(2500)
+        );
+        let err =
+            Config::from_toml_str("[DEFAULT]\n\nbroker_cache_size = 0\n", "d.toml").unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Invalid { line: Some(3), .. }),
+            "{err}"
+        );
     }
 
     #[test]

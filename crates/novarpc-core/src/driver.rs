@@ -51,7 +51,10 @@ pub struct Capabilities {
     pub multicall: bool,
     /// Fanout to every server of a topic.
     pub fanout: bool,
-    /// Fanout to every listening process of one server (`fanout_cast_to_server`).
+    /// Fanout to every listening process of one host
+    /// ([`crate::RpcClient::fanout_cast_to_host`]). (Fanout to another
+    /// broker, `fanout_cast_to_server`, needs [`Capabilities::fanout`] of
+    /// that broker's transport.)
     pub fanout_to_server: bool,
     /// Notifications.
     pub notifications: bool,

@@ -240,9 +240,25 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// Configuration problems: malformed file, unknown backend, bad URL.
+    /// Configuration problems: malformed file, unknown backend, bad URL,
+    /// a broker name no `[brokers]` table has.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A send to another broker on a transport that cannot resolve brokers
+    /// (one built with `Transport::new` rather than `novarpc::connect`).
+    #[error("cannot send to broker `{broker}`: this transport has no broker resolver (build it with novarpc::connect, or attach one with Transport::with_resolver)")]
+    NoBrokerResolver {
+        /// The broker asked for, passwords hidden.
+        broker: String,
+    },
+    /// No connection to another broker could be made in time.
+    #[error("no connection to broker `{broker}` within {timeout:?}")]
+    ConnectTimeout {
+        /// The broker, passwords hidden.
+        broker: String,
+        /// The bound that passed.
+        timeout: Duration,
+    },
 }
 
 impl Error {
@@ -271,7 +287,9 @@ impl Error {
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Timeout { .. } | Error::SendTimeout { .. } => ErrorKind::Timeout,
+            Error::Timeout { .. } | Error::SendTimeout { .. } | Error::ConnectTimeout { .. } => {
+                ErrorKind::Timeout
+            }
             Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::NoSuchMethod { .. } => ErrorKind::NoSuchMethod,
             Error::UnsupportedVersion { .. } => ErrorKind::UnsupportedVersion,
@@ -284,7 +302,7 @@ impl Error {
             Error::MalformedMessage(_) => ErrorKind::MalformedMessage,
             Error::Closed => ErrorKind::Closed,
             Error::Transport { kind, .. } => *kind,
-            Error::Config(_) => ErrorKind::Config,
+            Error::Config(_) | Error::NoBrokerResolver { .. } => ErrorKind::Config,
         }
     }
 

@@ -2,7 +2,8 @@
 //! contract every broker backend implements behind it, the routing [`Target`],
 //! the oslo.messaging wire envelope, the RPC client and server (dispatch by
 //! method, namespace and version), notifications, configuration types, the
-//! classified [`Error`], and the in-process `memory` driver.
+//! classified [`Error`], the in-process `memory` driver, and the driver-agnostic
+//! side of sending to other brokers ([`Broker`], [`BrokerResolver`]).
 //!
 //! Drivers move bytes, route them and correlate replies; everything above the
 //! wire (capability checks, the closed state, deadlines, encoding,
@@ -10,6 +11,7 @@
 
 #![deny(missing_docs)]
 
+pub mod broker;
 pub mod config;
 pub mod dedup;
 pub mod driver;
@@ -25,7 +27,10 @@ mod rpc_server;
 mod target;
 mod transport;
 
-pub use config::{CommonOptions, Config, ConfigError, Password, TransportHost, TransportUrl};
+pub use broker::{Broker, BrokerResolver, ServerParams};
+pub use config::{
+    BrokerEntry, CommonOptions, Config, ConfigError, Password, TransportHost, TransportUrl,
+};
 pub use driver::{Capabilities, Driver};
 pub use envelope::{Context, RemoteFailure};
 pub use error::{error_chain, Classify, Error, ErrorKind, Result};

@@ -300,6 +300,9 @@ impl Notifier {
 /// ```
 pub struct NotificationListener {
     listener: Box<dyn Listener>,
+    /// Held so that a broker cache does not close another broker's
+    /// transport under its listener.
+    _transport: Transport,
 }
 
 impl fmt::Debug for NotificationListener {
@@ -330,7 +333,10 @@ impl NotificationListener {
         let listener = transport
             .listen_for_notifications(targets, priorities, pool)
             .await?;
-        Ok(NotificationListener { listener })
+        Ok(NotificationListener {
+            listener,
+            _transport: transport.clone(),
+        })
     }
 
     /// The next notification, or `None` once stopped.

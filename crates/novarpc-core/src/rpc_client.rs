@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
+use crate::broker::{Broker, Destination, ServerParams};
 use crate::envelope::{self, Context, Reply, Request, DISPATCHER_MODULE};
 use crate::error::{Error, Result};
 use crate::notify::{Notifier, Priority};
@@ -21,15 +22,18 @@ use crate::transport::Transport;
 /// `cast_to_server`, `fanout_cast_to_server`, `multicall` and `notify`.
 ///
 /// Cheap to clone; [`RpcClient::prepare`] derives a client with another server,
-/// timeout, version, namespace or fanout, as oslo's `prepare()` does.
+/// timeout, version, namespace, fanout or broker, as oslo's `prepare()` does.
 ///
 /// ```
 /// # async fn demo() -> Result<(), novarpc_core::Error> {
-/// use novarpc_core::{memory::MemoryDriver, CommonOptions, RpcClient, Target, Transport};
+/// use novarpc_core::{memory::MemoryDriver, Broker, CommonOptions, RpcClient, Target, Transport};
 /// let transport = Transport::new(MemoryDriver::new(CommonOptions::default()));
 /// let client = RpcClient::new(transport, Target::new("compute"));
 /// let to_host = client.prepare().server("host1").version("1.3");
 /// assert_eq!(to_host.target().server.as_deref(), Some("host1"));
+/// // Another cell's broker, resolved when a request is sent.
+/// let in_cell1 = client.prepare().broker(Broker::named("cell1"));
+/// assert_eq!(in_cell1.broker_ref(), Some(&Broker::named("cell1")));
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
@@ -38,6 +42,8 @@ pub struct RpcClient {
     target: Target,
     timeout: Duration,
     version_cap: Option<Version>,
+    /// Another broker requests go to, resolved through the transport.
+    broker: Option<Broker>,
     /// Set by [`RpcClient::cleanup`]; shared with prepared copies.
     closed: Arc<AtomicBool>,
 }
@@ -51,6 +57,7 @@ impl RpcClient {
             target,
             timeout,
             version_cap: None,
+            broker: None,
             closed: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -102,14 +109,60 @@ impl RpcClient {
         self
     }
 
+    /// Sends every request to another message broker (a Nova cell): a
+    /// `[brokers.NAME]` table of the configuration or a transport URL. The
+    /// broker's transport comes from the client's transport
+    /// ([`Transport::for_broker`]), connected on first use and shared after;
+    /// connecting counts against each request's timeout (the call's, or
+    /// `send_timeout` for casts). Calls and multicalls work as on the
+    /// client's own broker; `.server(host)` picks a host there.
+    pub fn broker(mut self, broker: Broker) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
+    /// The broker set by [`RpcClient::broker`], if any.
+    pub fn broker_ref(&self) -> Option<&Broker> {
+        self.broker.as_ref()
+    }
+
+    /// A client on `broker`'s transport, connected now (within the client's
+    /// timeout): for code that would rather fail here than at its first
+    /// call. Otherwise it is [`RpcClient::broker`]; [`RpcClient::cleanup`]
+    /// of either ends both.
+    pub async fn via(&self, broker: &Broker) -> Result<RpcClient> {
+        self.check_open()?;
+        let transport = tokio::time::timeout(self.timeout, self.transport.for_broker(broker))
+            .await
+            .map_err(|_| Error::ConnectTimeout {
+                broker: broker.to_string(),
+                timeout: self.timeout,
+            })??;
+        Ok(RpcClient {
+            transport,
+            broker: None,
+            ..self.clone()
+        })
+    }
+
     /// The target requests go to.
     pub fn target(&self) -> &Target {
         &self.target
     }
 
-    /// The transport the client sends on.
+    /// The transport the client was made with (its own broker's; requests
+    /// to another broker go through [`Transport::for_broker`]).
     pub fn transport(&self) -> &Transport {
         &self.transport
+    }
+
+    /// The transport requests go out on: the client's own, or the one of
+    /// the broker set by [`RpcClient::broker`].
+    async fn sending_transport(&self) -> Result<Transport> {
+        match &self.broker {
+            None => Ok(self.transport.clone()),
+            Some(broker) => self.transport.for_broker(broker).await,
+        }
     }
 
     fn check_open(&self) -> Result<()> {
@@ -242,7 +295,15 @@ impl RpcClient {
         self.check_target(&self.target)?;
         let args = serialize_args(method, args)?;
         let request = self.request(context, method, &args);
-        self.transport
+        // Connecting to another broker counts against the call's deadline.
+        let transport = tokio::time::timeout_at(deadline, self.sending_transport())
+            .await
+            .map_err(|_| Error::Timeout {
+                method: method.to_owned(),
+                topic: self.target.to_string(),
+                timeout: self.timeout,
+            })??;
+        transport
             .start_call(&self.target, &request, deadline, self.timeout)
             .await
     }
@@ -310,11 +371,41 @@ impl RpcClient {
     ) -> Result<()> {
         self.check_open()?;
         self.check_target(target)?;
+        let Some(broker) = &self.broker else {
+            return self
+                .send_on(&self.transport, target, context, method, args)
+                .await;
+        };
+        // Connecting to the other broker and sending share one bound.
+        let timeout = self.transport.options().send_timeout;
+        let send = async {
+            let transport = self.transport.for_broker(broker).await?;
+            self.send_on(&transport, target, context, method, args)
+                .await
+        };
+        match tokio::time::timeout(timeout, send).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::SendTimeout {
+                operation: if target.fanout { "fanout cast" } else { "cast" },
+                target: format!("{target} at broker {broker}"),
+                timeout,
+            }),
+        }
+    }
+
+    async fn send_on(
+        &self,
+        transport: &Transport,
+        target: &Target,
+        context: &Context,
+        method: &str,
+        args: &(impl Serialize + ?Sized),
+    ) -> Result<()> {
         // Refused before anything is serialized or sent.
-        self.transport.check_cast(target)?;
+        transport.check_cast(target)?;
         let args = serialize_args(method, args)?;
         let request = self.request(context, method, &args);
-        self.transport.cast(target, &request).await
+        transport.cast(target, &request).await
     }
 
     /// Invokes `method` without waiting for a result, on the client's target
@@ -348,28 +439,72 @@ impl RpcClient {
         }
     }
 
-    /// Invokes `method` on the server (host) `server` only.
-    pub async fn cast_to_server<A: Serialize + ?Sized>(
+    /// Invokes `method` on the host `host` of the topic only (its
+    /// `topic.host` queue), without waiting: the same as
+    /// `.server(host).cast(...)`.
+    pub async fn cast_to_host<A: Serialize + ?Sized>(
         &self,
         context: &Context,
-        server: &str,
+        host: &str,
         method: &str,
         args: &A,
     ) -> Result<()> {
-        self.send(&self.retarget(Some(server), false), context, method, args)
+        self.send(&self.retarget(Some(host), false), context, method, args)
             .await
     }
 
-    /// Invokes `method` on every listening process of the server `server`
-    /// (where a backend supports it; see [`crate::Capabilities::fanout_to_server`]).
-    pub async fn fanout_cast_to_server<A: Serialize + ?Sized>(
+    /// Invokes `method` on every listening process of the host `host`
+    /// (where a backend supports it; see
+    /// [`crate::Capabilities::fanout_to_server`]).
+    pub async fn fanout_cast_to_host<A: Serialize + ?Sized>(
         &self,
         context: &Context,
-        server: &str,
+        host: &str,
         method: &str,
         args: &A,
     ) -> Result<()> {
-        self.send(&self.retarget(Some(server), true), context, method, args)
+        self.send(&self.retarget(Some(host), true), context, method, args)
+            .await
+    }
+
+    /// Casts `method` to the client's target on another message broker, as
+    /// Nova's `cast_to_server(server_params, ...)` did for cells: `broker`
+    /// is a `[brokers.NAME]` table or a transport URL ([`Broker`]). One
+    /// server of the topic there takes it (or the host of `.server(host)`).
+    /// Connecting (on first use) and sending are bounded by `send_timeout`;
+    /// a broker that is down fails with its classified error and holds up
+    /// no send to other brokers.
+    /// For a host of this broker, use [`RpcClient::cast_to_host`].
+    pub async fn cast_to_server<A: Serialize + ?Sized>(
+        &self,
+        context: &Context,
+        broker: impl ServerParams,
+        method: &str,
+        args: &A,
+    ) -> Result<()> {
+        let Destination::Broker(broker) = broker.into_destination();
+        self.prepare()
+            .broker(broker)
+            .send(&self.target, context, method, args)
+            .await
+    }
+
+    /// Fanout-casts `method` to every server of the client's topic on another
+    /// message broker (every compute host of a cell, and none of this
+    /// broker's): Nova's `fanout_cast_to_server(server_params, ...)`.
+    /// Supported wherever fanout is; bounded like [`RpcClient::cast_to_server`].
+    /// For every listener of one host, use [`RpcClient::fanout_cast_to_host`].
+    pub async fn fanout_cast_to_server<A: Serialize + ?Sized>(
+        &self,
+        context: &Context,
+        broker: impl ServerParams,
+        method: &str,
+        args: &A,
+    ) -> Result<()> {
+        let Destination::Broker(broker) = broker.into_destination();
+        self.prepare()
+            .broker(broker)
+            .send(&self.retarget(None, true), context, method, args)
             .await
     }
 
@@ -388,9 +523,24 @@ impl RpcClient {
             None => gethostname::gethostname().to_string_lossy().into_owned(),
         };
         let publisher_id = format!("{}.{host}", self.target.topic);
-        Notifier::new(self.transport.clone(), publisher_id)
+        let timeout = self.transport.options().send_timeout;
+        let transport = tokio::time::timeout(timeout, self.sending_transport())
+            .await
+            .map_err(|_| Error::SendTimeout {
+                operation: "notification",
+                target: format!("{publisher_id} at broker {}", self.broker_label()),
+                timeout,
+            })??;
+        Notifier::new(transport, publisher_id)
             .notify(context, priority, event_type, payload)
             .await
+    }
+
+    fn broker_label(&self) -> String {
+        self.broker
+            .as_ref()
+            .map(Broker::to_string)
+            .unwrap_or_default()
     }
 
     /// Ends this client (and the copies [`RpcClient::prepare`] made of it):

@@ -3,12 +3,13 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use crate::broker::{Broker, BrokerResolver};
 use crate::config::CommonOptions;
 use crate::driver::{CallInfo, Capabilities, Driver, Listener, OutgoingRequest};
 use crate::envelope::{self, CallHeader, Request};
@@ -43,6 +44,17 @@ struct Inner {
     capabilities: Capabilities,
     options: CommonOptions,
     closed: AtomicBool,
+    resolver: Resolver,
+}
+
+/// How a transport reaches other brokers.
+enum Resolver {
+    None,
+    /// Its own: [`Transport::cleanup`] closes it (and what it connected).
+    Owned(Arc<dyn BrokerResolver>),
+    /// Its maker's (a transport the resolver built for another broker):
+    /// weak, so a resolver and the transports it caches are no cycle.
+    Shared(Weak<dyn BrokerResolver>),
 }
 
 impl fmt::Debug for Transport {
@@ -51,6 +63,7 @@ impl fmt::Debug for Transport {
             .field("backend", &self.inner.backend)
             .field("driver", &self.inner.driver)
             .field("closed", &self.is_closed())
+            .field("resolves_brokers", &self.has_resolver())
             .finish()
     }
 }
@@ -62,7 +75,31 @@ impl Transport {
     }
 
     /// Wraps a shared driver (as the registry's connect functions build them).
+    /// It cannot reach other brokers: see [`Transport::with_resolver`].
     pub fn from_driver(driver: Arc<dyn Driver>) -> Self {
+        Transport::build(driver, Resolver::None)
+    }
+
+    /// Wraps a driver and the resolver its clients use to reach other
+    /// brokers ([`crate::RpcClient::cast_to_server`], [`Transport::for_broker`]).
+    /// The transport owns the resolver: [`Transport::cleanup`] closes it,
+    /// and the transports it made, too. `novarpc::connect` builds transports
+    /// this way.
+    pub fn with_resolver(driver: Arc<dyn Driver>, resolver: Arc<dyn BrokerResolver>) -> Self {
+        Transport::build(driver, Resolver::Owned(resolver))
+    }
+
+    /// Wraps a driver that `resolver` connected for another broker: it
+    /// resolves brokers through its maker (holding it weakly), and its
+    /// cleanup leaves the resolver open.
+    pub fn with_shared_resolver(
+        driver: Arc<dyn Driver>,
+        resolver: Weak<dyn BrokerResolver>,
+    ) -> Self {
+        Transport::build(driver, Resolver::Shared(resolver))
+    }
+
+    fn build(driver: Arc<dyn Driver>, resolver: Resolver) -> Self {
         Transport {
             inner: Arc::new(Inner {
                 backend: driver.backend(),
@@ -70,8 +107,61 @@ impl Transport {
                 options: driver.options().clone(),
                 driver,
                 closed: AtomicBool::new(false),
+                resolver,
             }),
         }
+    }
+
+    /// Whether this transport can reach other brokers (it has a
+    /// [`BrokerResolver`]).
+    pub fn has_resolver(&self) -> bool {
+        !matches!(self.inner.resolver, Resolver::None)
+    }
+
+    /// The transport to another broker (a `[brokers.NAME]` table of the
+    /// configuration, or a transport URL), from this transport's resolver:
+    /// connected on first use and shared by the process after. For servers,
+    /// notifiers and listeners in another cell; clients can also send
+    /// through [`crate::RpcClient::broker`].
+    ///
+    /// Fails with `Config` if the transport has no resolver (one built with
+    /// [`Transport::new`]) or the name is unknown, with `Closed` after
+    /// [`Transport::cleanup`], and with the broker's classified error (such
+    /// as `Unreachable`) if it cannot be reached. Not bounded here: callers
+    /// bound it (clients do, by their send and call timeouts).
+    ///
+    /// Keep the returned transport while using it (servers, notifiers and
+    /// notification listeners hold theirs; hold it yourself for a
+    /// [`Transport::tap`]): the resolver may close a broker's transport that
+    /// nobody else holds once it has been idle.
+    pub async fn for_broker(&self, broker: &Broker) -> Result<Transport> {
+        self.check_open()?;
+        let resolver = match &self.inner.resolver {
+            Resolver::None => {
+                return Err(Error::NoBrokerResolver {
+                    broker: broker.to_string(),
+                })
+            }
+            Resolver::Owned(resolver) => resolver.clone(),
+            Resolver::Shared(resolver) => resolver.upgrade().ok_or(Error::Closed)?,
+        };
+        resolver.transport_for(broker).await
+    }
+
+    /// The resolver this transport reaches other brokers with, if any (its
+    /// `Debug` lists the brokers it holds, without credentials).
+    pub fn resolver(&self) -> Option<Arc<dyn BrokerResolver>> {
+        match &self.inner.resolver {
+            Resolver::None => None,
+            Resolver::Owned(resolver) => Some(resolver.clone()),
+            Resolver::Shared(resolver) => resolver.upgrade(),
+        }
+    }
+
+    /// How many handles (clones) of this transport exist, for caches that
+    /// close only what nobody else holds.
+    pub fn handle_count(&self) -> usize {
+        Arc::strong_count(&self.inner)
     }
 
     /// The registered name of the backend (`memory`, `kombu`, `qpid`).
@@ -124,7 +214,10 @@ impl Transport {
     pub(crate) fn check_cast(&self, target: &Target) -> Result<()> {
         let capabilities = self.capabilities();
         if target.fanout && target.server.is_some() {
-            self.require(capabilities.fanout_to_server, "fanout to a server")
+            self.require(
+                capabilities.fanout_to_server,
+                "fanout to every process of one host",
+            )
         } else if target.fanout {
             self.require(capabilities.fanout, "fanout")
         } else {
@@ -295,11 +388,19 @@ impl Transport {
     /// Closes the transport for every clone: callers waiting for replies
     /// fail with `Closed` at once, later operations fail with `Closed`, and the
     /// driver's connections and broker resources are released. Idempotent.
+    /// A transport that owns a broker resolver closes it too, with every
+    /// other broker's transport it connected.
     pub async fn cleanup(&self) -> Result<()> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
         self.inner.driver.replies().close_all();
-        self.inner.driver.close().await
+        let closed = self.inner.driver.close().await;
+        if let Resolver::Owned(resolver) = &self.inner.resolver {
+            let brokers = resolver.close().await;
+            closed?;
+            return brokers;
+        }
+        closed
     }
 }

@@ -317,7 +317,7 @@ struct Ended {
 }
 
 /// Many calls in flight (and a stream of casts) through `fault`: every call
-/// ends by its timeout plus [`DEADLINE_MARGIN`], counted from the moment
+/// ends by its timeout plus a small margin (`DEADLINE_MARGIN`), counted from the moment
 /// `call` was invoked, and every cast by `send_timeout` plus the margin,
 /// whatever the broker does; and the servers come back afterwards.
 /// `make_backend` gets `[DEFAULT]` lines and driver lines.

@@ -2,7 +2,8 @@
 //!
 //! A [`Backend`] says how to build transports to one broker (and how to put
 //! raw bytes on it and remove what a test left); the [`suite`] is generic over
-//! it, split by family (calls, casts, fanout, notifications, failures, tools);
+//! it, split by family (calls, casts, fanout, notifications, failures, tools,
+//! cells);
 //! [`conformance_suite!`] turns it into one `#[tokio::test]` per behaviour;
 //! [`faults`] takes a RabbitMQ broker down under load. The kit itself needs no
 //! broker: a driver's test crate supplies a `Backend` (configured from the
@@ -67,6 +68,46 @@ pub trait Backend: Send + Sync + 'static {
     fn settle_time(&self) -> Duration {
         Duration::from_millis(200)
     }
+
+    /// Two brokers of this backend's kind, for the cells tests
+    /// ([`suite::cells_cast_to_server_reaches_only_that_broker`] & co.):
+    /// `None` (the default) skips them with a printed reason. Each call may
+    /// make new brokers (virtual hosts), removed when the [`Cells`] is dropped.
+    async fn cells(&self) -> anyhow::Result<Option<Cells>> {
+        Ok(None)
+    }
+}
+
+/// Two message brokers ("cells") of one backend, for the cells tests: cell 0
+/// is the clients' default broker, cell 1 another one they reach by name or
+/// URL. Dropping it removes what the backend made for it.
+pub struct Cells {
+    /// Cell 0's configuration: its default broker is cell 0, and it names cell
+    /// 1 in a `[brokers.<cell1_name>]` table. Its `send_timeout` bounds the
+    /// dead-broker checks (keep it short, a few seconds).
+    pub cell0: novarpc::Config,
+    /// The `[brokers]` name of cell 1 in `cell0`.
+    pub cell1_name: String,
+    /// Cell 1's transport URL, credentials included (for `Broker::url`).
+    pub cell1_url: String,
+    /// A configuration whose default broker is cell 1, for its servers (as a
+    /// process of that cell would have).
+    pub cell1: novarpc::Config,
+    /// A transport URL of this backend's kind for a broker at `host:port`,
+    /// for brokers that are down (a closed port, a peer that never answers).
+    pub url_at: Box<dyn Fn(std::net::SocketAddr) -> String + Send + Sync>,
+    /// Removes the cells' brokers (virtual hosts) when dropped.
+    pub guard: Option<Box<dyn Send + Sync>>,
+}
+
+impl std::fmt::Debug for Cells {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cells")
+            .field("cell0", &self.cell0.origin())
+            .field("cell1_name", &self.cell1_name)
+            .field("cell1", &self.cell1.origin())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Serves and calls `ping` over a transport built from `config`, then removes
@@ -124,8 +165,8 @@ macro_rules! conformance_suite {
             call_accepts_dynamic_json,
             cast_reaches_one_server,
             fanout_cast_reaches_every_server,
-            cast_to_server_reaches_only_it,
-            fanout_cast_to_server_reaches_only_its_listeners,
+            cast_to_host_reaches_only_it,
+            fanout_cast_to_host_reaches_only_its_listeners,
             casts_round_robin_over_servers,
             multicall_streams_in_order_then_ends,
             multicall_of_unary_method_yields_its_result,
@@ -153,6 +194,10 @@ macro_rules! conformance_suite {
             notification_pools_each_get_every_notification,
             taps_see_copies_without_taking_requests,
             delete_target_removes_shared_queues,
+            cells_cast_to_server_reaches_only_that_broker,
+            cells_fanout_cast_to_server_reaches_every_server_of_that_broker,
+            cells_call_and_multicall_reach_the_other_broker,
+            cells_dead_broker_fails_only_its_sends,
         );
     };
     (@tests $backend:expr, $attr:tt; $($test:ident),* $(,)?) => {

@@ -1,5 +1,6 @@
-//! novarpc: Nova-style RPC (`call`, `cast`, `fanout_cast`, `multicall`,
-//! notifications) over pluggable message brokers, wire-compatible with
+//! novarpc: Nova-style RPC (`call`, `cast`, `fanout_cast`, `cast_to_server`,
+//! `fanout_cast_to_server`, `multicall`, notifications) over pluggable
+//! message brokers, wire-compatible with
 //! oslo.messaging. This is the crate services depend on: it re-exports what
 //! services use from the core and owns the driver [`Registry`], which picks a
 //! backend by `rpc_backend` name, alias or transport URL scheme.
@@ -22,15 +23,17 @@
 
 #![deny(missing_docs)]
 
+mod brokers;
 #[cfg(feature = "logging")]
 pub mod logging;
 mod registry;
 
 pub use novarpc_core::{
-    error_chain, Capabilities, CommonOptions, Config, ConfigError, Context, Endpoint,
-    EndpointError, Error, ErrorKind, Notification, NotificationListener, Notifier, Password,
-    Priority, RemoteFailure, Replies, Result, RpcClient, RpcServer, RpcServerBuilder, Target,
-    Transport, TransportHost, TransportUrl, UnknownPriority, Version,
+    error_chain, Broker, BrokerEntry, BrokerResolver, Capabilities, CommonOptions, Config,
+    ConfigError, Context, Endpoint, EndpointError, Error, ErrorKind, Notification,
+    NotificationListener, Notifier, Password, Priority, RemoteFailure, Replies, Result, RpcClient,
+    RpcServer, RpcServerBuilder, ServerParams, Target, Transport, TransportHost, TransportUrl,
+    UnknownPriority, Version,
 };
 pub use registry::Registry;
 
@@ -67,7 +70,10 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
 
 /// Builds the transport the configuration selects, from the built-in drivers,
 /// and connects it (a broker that cannot be reached, or refuses the
-/// credentials, fails here with the classified error).
+/// credentials, fails here with the classified error). The transport reaches
+/// other brokers (the `[brokers.NAME]` tables, or transport URLs) through a
+/// per-process cache: connected on first use, shared, closed after
+/// `broker_idle_timeout` unused and by [`Transport::cleanup`].
 pub async fn connect(config: &Config) -> Result<Transport, Error> {
     Registry::builtin().connect(config).await
 }

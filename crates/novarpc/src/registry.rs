@@ -1,5 +1,9 @@
-use novarpc_core::driver::DriverDescriptor;
-use novarpc_core::{Config, ConfigError, Error, Transport};
+use std::sync::Arc;
+
+use novarpc_core::driver::{Driver, DriverDescriptor};
+use novarpc_core::{BrokerEntry, Config, ConfigError, Error, Transport};
+
+use crate::brokers::BrokerCache;
 
 /// The drivers novarpc can build, looked up by `rpc_backend` name or alias, or by
 /// the scheme of `transport_url`.
@@ -83,6 +87,14 @@ impl Registry {
             .find(|d| d.url_schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)))
     }
 
+    /// Every transport URL scheme some driver handles.
+    pub fn schemes(&self) -> Vec<&'static str> {
+        self.drivers
+            .iter()
+            .flat_map(|d| d.url_schemes.iter().copied())
+            .collect()
+    }
+
     fn available(&self) -> String {
         self.drivers
             .iter()
@@ -98,24 +110,36 @@ impl Registry {
     }
 
     /// The driver `config` selects: `rpc_backend` if set, else the transport
-    /// URL's scheme, else `memory`.
+    /// URL's scheme, else `memory`. For a broker's configuration
+    /// ([`Config::for_broker`]) errors name the `[brokers.NAME]` keys.
     pub fn resolve(&self, config: &Config) -> Result<&DriverDescriptor, ConfigError> {
         let common = config.common();
+        let entry = config
+            .broker_scope()
+            .and_then(|name| config.brokers().iter().find(|b| b.name == name));
+        let (url_key, url_line, origin) = match entry {
+            Some(entry) => (
+                format!("brokers.{}.transport_url", entry.name),
+                entry.url_line,
+                format!("{} [brokers.{}]", config.origin(), entry.name),
+            ),
+            None => (
+                "DEFAULT.transport_url".to_owned(),
+                None,
+                config.origin().to_owned(),
+            ),
+        };
         let by_url = match &common.transport_url {
             Some(url) => Some(
                 self.by_scheme(&url.scheme)
                     .ok_or_else(|| ConfigError::Invalid {
-                        origin: config.origin().to_owned(),
-                        line: None,
-                        key: "DEFAULT.transport_url".into(),
+                        origin: origin.clone(),
+                        line: url_line,
+                        key: url_key.clone(),
                         message: format!(
                             "no backend handles the scheme `{}`; known schemes: {}",
                             url.scheme,
-                            self.drivers
-                                .iter()
-                                .flat_map(|d| d.url_schemes.iter().copied())
-                                .collect::<Vec<_>>()
-                                .join(", ")
+                            self.schemes().join(", ")
                         ),
                     })?,
             ),
@@ -125,7 +149,7 @@ impl Registry {
             Some(name) => Some(
                 self.by_name(name)
                     .ok_or_else(|| ConfigError::UnknownBackend {
-                        origin: config.origin().to_owned(),
+                        origin: origin.clone(),
                         name: name.clone(),
                         available: self.available(),
                     })?,
@@ -135,9 +159,9 @@ impl Registry {
         match (by_name, by_url) {
             (Some(named), Some(url_driver)) if named.name != url_driver.name => {
                 Err(ConfigError::Invalid {
-                    origin: config.origin().to_owned(),
-                    line: None,
-                    key: "DEFAULT.transport_url".into(),
+                    origin,
+                    line: url_line,
+                    key: url_key,
                     message: format!(
                         "rpc_backend selects `{}` but the transport URL's scheme selects `{}`",
                         named.name, url_driver.name
@@ -148,44 +172,87 @@ impl Registry {
             (None, None) => self
                 .by_name("memory")
                 .ok_or_else(|| ConfigError::UnknownBackend {
-                    origin: config.origin().to_owned(),
+                    origin,
                     name: "memory".into(),
                     available: self.available(),
                 }),
         }
     }
 
+    fn known_tables(&self) -> String {
+        let mut known = vec!["DEFAULT", "brokers"];
+        known.extend(self.drivers.iter().map(|d| d.config_section));
+        known.join(", ")
+    }
+
     /// Checks that every table is known and every driver table parses, and
-    /// returns the selected driver. Does no I/O.
+    /// returns the selected driver. Every `[brokers.NAME]` table is checked
+    /// too: its URL's scheme (or `rpc_backend`) must select a driver, and
+    /// its driver tables must be known and parse once merged. Does no I/O.
     pub fn validate(&self, config: &Config) -> Result<&DriverDescriptor, ConfigError> {
         let selected = self.resolve(config)?;
         for (table, line) in config.tables() {
-            if table == "DEFAULT" {
+            if table == "DEFAULT" || table == "brokers" {
                 continue;
             }
             match self.drivers.iter().find(|d| d.config_section == table) {
                 Some(driver) => (driver.validate)(config)?,
                 None => {
-                    let mut known = vec!["DEFAULT"];
-                    known.extend(self.drivers.iter().map(|d| d.config_section));
                     return Err(ConfigError::UnknownTable {
                         origin: config.origin().to_owned(),
                         line,
                         table,
-                        known: known.join(", "),
+                        known: self.known_tables(),
                     });
                 }
             }
         }
         (selected.validate)(config)?;
+        for entry in config.brokers() {
+            self.validate_broker(config, entry)?;
+        }
+        Ok(selected)
+    }
+
+    /// Checks one `[brokers.NAME]` table and returns the driver it selects.
+    pub fn validate_broker(
+        &self,
+        config: &Config,
+        entry: &BrokerEntry,
+    ) -> Result<&DriverDescriptor, ConfigError> {
+        let scoped = config.for_broker(&entry.name)?;
+        let selected = self.resolve(&scoped)?;
+        for (table, line) in &entry.tables {
+            match self.drivers.iter().find(|d| d.config_section == table) {
+                Some(driver) => (driver.validate)(&scoped)?,
+                None => {
+                    return Err(ConfigError::UnknownTable {
+                        origin: config.origin().to_owned(),
+                        line: *line,
+                        table: format!("brokers.{}.{table}", entry.name),
+                        known: self
+                            .drivers
+                            .iter()
+                            .map(|d| format!("brokers.{}.{}", entry.name, d.config_section))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    });
+                }
+            }
+        }
+        (selected.validate)(&scoped)?;
         Ok(selected)
     }
 
     /// Validates `config` and builds the transport of the driver it selects.
+    /// The transport reaches the configuration's `[brokers]` (and brokers
+    /// given by URL) through a per-process cache built from this registry:
+    /// see [`novarpc_core::RpcClient::cast_to_server`].
     pub async fn connect(&self, config: &Config) -> Result<Transport, Error> {
         let driver = self.validate(config)?;
-        let driver = (driver.connect)(config.clone()).await?;
-        Ok(Transport::from_driver(driver))
+        let driver: Arc<dyn Driver> = (driver.connect)(config.clone()).await?;
+        let cache = BrokerCache::new(self.clone(), config.clone());
+        Ok(Transport::with_resolver(driver, cache))
     }
 }
 
@@ -247,6 +314,54 @@ mod tests {
             .resolve(&config("[DEFAULT]\ntransport_url = \"gopher://h/\"\n"))
             .unwrap_err();
         assert!(err.to_string().contains("gopher"), "{err}");
+    }
+
+    #[test]
+    fn brokers_tables_are_validated_against_the_drivers() {
+        let registry = Registry::builtin();
+        let ok = config(
+            "[DEFAULT]\ntransport_url = \"memory://c0\"\n\n[brokers.cell1]\ntransport_url = \"memory://c1\"\n\n[brokers.cell1.memory]\n",
+        );
+        assert_eq!(registry.validate(&ok).unwrap().name, "memory");
+        let err = registry
+            .validate(&config(
+                "[brokers.cell1]\n\ntransport_url = \"gopher://u:s3cret@h/\"\n",
+            ))
+            .unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { line: Some(3), key, .. } if key == "brokers.cell1.transport_url"),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("gopher") && text.contains("test.toml"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret"), "{text}");
+        let err = registry
+            .validate(&config(
+                "[brokers.cell1]\ntransport_url = \"memory://c1\"\n\n[brokers.cell1.zmq]\nx = 1\n",
+            ))
+            .unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::UnknownTable { line: Some(4), table, .. } if table == "brokers.cell1.zmq"),
+            "{err}"
+        );
+        let err = registry
+            .validate(&config(
+                "[brokers.cell1]\ntransport_url = \"memory://c1\"\n[brokers.cell1.memory]\nbogus = 1\n",
+            ))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("bogus") && err.to_string().contains("line 4"),
+            "{err}"
+        );
+        let err = registry
+            .validate(&config(
+                "[brokers.cell1]\ntransport_url = \"memory://c1\"\nrpc_backend = \"zeromq\"\n",
+            ))
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownBackend { .. }), "{err}");
     }
 
     #[test]

@@ -237,11 +237,11 @@ async fn run_api(transport: &Transport) -> Result<()> {
     say("api", "cast compute.run_instance(i-2) to the shared topic");
 
     compute
-        .cast_to_server(&ctx, "compute2", "terminate_instance", &instance("i-3"))
+        .cast_to_host(&ctx, "compute2", "terminate_instance", &instance("i-3"))
         .await?;
     say(
         "api",
-        "cast_to_server compute.compute2.terminate_instance(i-3)",
+        "cast_to_host compute.compute2.terminate_instance(i-3)",
     );
 
     compute

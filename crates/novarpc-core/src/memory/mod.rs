@@ -3,6 +3,11 @@
 //! per listener, one reply queue per transport). Every message is encoded in the
 //! oslo envelope and decoded again, so what would not survive a broker fails here
 //! too. It is the embedded default, for examples and for services' unit tests.
+//!
+//! Transports naming the same in-process broker share it: the host of a
+//! `memory://NAME` transport URL (with its path, `memory://NAME/VHOST`, as a
+//! separate broker per virtual host) or `[memory] broker = "NAME"`. So one
+//! process can hold two "cells", `memory://cell0` and `memory://cell1`.
 
 mod broker;
 
@@ -44,7 +49,7 @@ pub const DESCRIPTOR: DriverDescriptor = DriverDescriptor {
     url_schemes: &["memory", "fake"],
     config_section: "memory",
     capabilities: |_| Ok(CAPABILITIES),
-    validate: |config| config.section::<MemoryOptions>("memory").map(|_| ()),
+    validate: |config| broker_name(config).map(|_| ()),
     resolved_options: |config| {
         let options: MemoryOptions = config.section("memory")?;
         Ok(toml::to_string(&options).unwrap_or_default())
@@ -62,8 +67,29 @@ pub const DESCRIPTOR: DriverDescriptor = DriverDescriptor {
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryOptions {
     /// Transports naming the same broker share it (within one process); without
-    /// a name each transport has a broker of its own.
+    /// a name each transport has a broker of its own. A `memory://NAME`
+    /// transport URL names the broker instead.
     pub broker: Option<String>,
+}
+
+/// The in-process broker a configuration names: the transport URL's host
+/// (and path), else `[memory] broker`, else none (a broker of its own).
+fn broker_name(config: &Config) -> std::result::Result<Option<String>, ConfigError> {
+    let options: MemoryOptions = config.section("memory")?;
+    let Some(url) = &config.common().transport_url else {
+        return Ok(options.broker);
+    };
+    match url.hosts.as_slice() {
+        [] => Ok(options.broker),
+        [host] => Ok(Some(match &url.virtual_host {
+            Some(vhost) => format!("{}/{vhost}", host.hostname),
+            None => host.hostname.clone(),
+        })),
+        _ => Err(ConfigError::InvalidUrl {
+            url: url.to_string(),
+            reason: "a memory:// URL names one in-process broker (memory://NAME)".into(),
+        }),
+    }
 }
 
 static NAMED_BROKERS: Mutex<Option<HashMap<String, Weak<Broker>>>> = Mutex::new(None);
@@ -104,12 +130,12 @@ impl MemoryDriver {
         }
     }
 
-    /// A driver from the `[DEFAULT]` options and the `[memory]` table: with
-    /// `broker = "name"` it joins that named in-process broker.
+    /// A driver from the `[DEFAULT]` options and the `[memory]` table: a
+    /// `memory://NAME` transport URL, or `broker = "NAME"`, joins that named
+    /// in-process broker.
     pub fn from_config(config: &Config) -> std::result::Result<Self, ConfigError> {
-        let options: MemoryOptions = config.section("memory")?;
-        let broker = match &options.broker {
-            Some(name) => named_broker(name),
+        let broker = match broker_name(config)? {
+            Some(name) => named_broker(&name),
             None => Arc::new(Broker::default()),
         };
         Ok(MemoryDriver::with_broker(broker, config.common().clone()))
@@ -410,5 +436,38 @@ impl Listener for MemoryListener {
 impl Drop for MemoryListener {
     fn drop(&mut self) {
         self.detach();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::from_toml_str(text, "m.toml").unwrap()
+    }
+
+    #[test]
+    fn a_memory_url_names_the_in_process_broker() {
+        let named = |text: &str| broker_name(&config(text));
+        assert_eq!(
+            named("[DEFAULT]\ntransport_url = \"memory://cell1\"\n").unwrap(),
+            Some("cell1".to_owned())
+        );
+        assert_eq!(
+            named("[DEFAULT]\ntransport_url = \"memory://local/cell1\"\n").unwrap(),
+            Some("local/cell1".to_owned())
+        );
+        // The URL wins over [memory] broker; without a host, the table decides.
+        assert_eq!(
+            named("[DEFAULT]\ntransport_url = \"memory://a\"\n[memory]\nbroker = \"b\"\n").unwrap(),
+            Some("a".to_owned())
+        );
+        assert_eq!(
+            named("[DEFAULT]\ntransport_url = \"memory://\"\n[memory]\nbroker = \"b\"\n").unwrap(),
+            Some("b".to_owned())
+        );
+        assert_eq!(named("").unwrap(), None);
+        assert!(named("[DEFAULT]\ntransport_url = \"memory://a,b\"\n").is_err());
     }
 }

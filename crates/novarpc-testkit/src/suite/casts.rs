@@ -1,4 +1,4 @@
-//! Casts: one server, a named server, round robin, and casts nobody serves yet.
+//! Casts: one server, a named host, round robin, and casts nobody serves yet.
 
 #[allow(unused_imports)]
 use super::*;
@@ -20,14 +20,14 @@ pub async fn cast_reaches_one_server(backend: &dyn Backend) -> Result<()> {
     f.stop().await
 }
 
-pub async fn cast_to_server_reaches_only_it(backend: &dyn Backend) -> Result<()> {
+pub async fn cast_to_host_reaches_only_it(backend: &dyn Backend) -> Result<()> {
     let mut f = Fixture::new(backend).await?;
     for host in ["host1", "host2", "host3"] {
         f.serve(backend, host).await?;
     }
     for i in 0..6 {
         f.client()
-            .cast_to_server(&ctx(), "host2", "record", &json!({"value": i}))
+            .cast_to_host(&ctx(), "host2", "record", &json!({"value": i}))
             .await?;
     }
     let mut got = Vec::new();
@@ -36,7 +36,7 @@ pub async fn cast_to_server_reaches_only_it(backend: &dyn Backend) -> Result<()>
     }
     ensure!(
         got.iter().all(|(host, _)| host == "host2"),
-        "cast_to_server reached {got:?}"
+        "cast_to_host reached {got:?}"
     );
     let who: String = f
         .client()

@@ -141,7 +141,7 @@ pub async fn unsupported_operations_fail_before_sending(backend: &dyn Backend) -
         unsupported(
             "fanout to a server",
             client
-                .fanout_cast_to_server(&ctx(), "h1", "x", &json!({}))
+                .fanout_cast_to_host(&ctx(), "h1", "x", &json!({}))
                 .await,
         )?;
     }

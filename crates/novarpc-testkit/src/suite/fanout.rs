@@ -1,4 +1,4 @@
-//! Fanout casts: every server of a topic, every listener of one server.
+//! Fanout casts: every server of a topic, every listener of one host.
 
 #[allow(unused_imports)]
 use super::*;
@@ -37,14 +37,14 @@ pub async fn fanout_cast_reaches_every_server(backend: &dyn Backend) -> Result<(
     f.stop().await
 }
 
-pub async fn fanout_cast_to_server_reaches_only_its_listeners(backend: &dyn Backend) -> Result<()> {
+pub async fn fanout_cast_to_host_reaches_only_its_listeners(backend: &dyn Backend) -> Result<()> {
     let mut f = Fixture::new(backend).await?;
     f.serve(backend, "host1").await?;
     f.serve(backend, "host1").await?;
     f.serve(backend, "host2").await?;
     let result = f
         .client()
-        .fanout_cast_to_server(&ctx(), "host1", "record", &json!({"value": "fs"}))
+        .fanout_cast_to_host(&ctx(), "host1", "record", &json!({"value": "fs"}))
         .await;
     if !f.client_transport.capabilities().fanout_to_server {
         ensure!(

@@ -5,6 +5,7 @@
 
 mod calls;
 mod casts;
+mod cells;
 mod failures;
 mod fanout;
 mod notifications;
@@ -12,6 +13,7 @@ mod tools;
 
 pub use calls::*;
 pub use casts::*;
+pub use cells::*;
 pub use failures::*;
 pub use fanout::*;
 pub use notifications::*;
