@@ -7,7 +7,8 @@
 //! reply and fanout queues there), and the node comes back.
 //!
 //! Needs the cluster of `scripts/rabbitmq-cluster.sh start`
-//! (`NOVARPC_TEST_CLUSTER_URL`); `scripts/cluster-test` runs it.
+//! (`NOVARPC_TEST_CLUSTER_URL`); `scripts/cluster-test` runs it (the test
+//! is built with the `cluster` feature only).
 
 use std::time::Duration;
 
