@@ -101,13 +101,22 @@ async fn a_reply_to_a_vanished_caller_is_reported() -> Result<()> {
 async fn quorum_queues_serve_calls() -> Result<()> {
     let backend = kombu_with("quorum_queues = true\nquorum_delivery_limit = 5");
     let topic = unique("quorum");
-    let server = RpcServer::builder(backend.transport().await?, Target::new(&topic).server("h1"))
-        .endpoint(Endpoint::new().method("ping", |_ctx, _: Value| async move {
-            Ok::<_, EndpointError>("pong")
-        }))
-        .start()
-        .await?;
-    let client = RpcClient::new(backend.transport().await?, Target::new(&topic));
+    // Quorum queues make the control exchange durable (as oslo does): an
+    // exchange of its own, since `openstack` may exist non-durable.
+    let exchange = unique("quorum_ex");
+    let server = RpcServer::builder(
+        backend.transport().await?,
+        Target::new(&topic).exchange(&exchange).server("h1"),
+    )
+    .endpoint(Endpoint::new().method("ping", |_ctx, _: Value| async move {
+        Ok::<_, EndpointError>("pong")
+    }))
+    .start()
+    .await?;
+    let client = RpcClient::new(
+        backend.transport().await?,
+        Target::new(&topic).exchange(&exchange),
+    );
     let pong: String = client.call(&Context::new(), "ping", &json!({})).await?;
     ensure!(pong == "pong");
     let queues =
@@ -123,7 +132,7 @@ async fn quorum_queues_serve_calls() -> Result<()> {
     server.stop().await?;
     client.cleanup().await?;
     backend
-        .remove_topology(&[topic.clone(), format!("{topic}.h1")], &[])
+        .remove_topology(&[topic.clone(), format!("{topic}.h1")], &[exchange])
         .await
 }
 

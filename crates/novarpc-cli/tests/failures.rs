@@ -121,6 +121,16 @@ fn kombu_failures_exit_4_naming_the_cause() -> Result<()> {
         &kombu_config("rabbit://guest:guest@127.0.0.1:5672/no_such_vhost", ""),
         &["access refused"],
     )?;
+    // RabbitMQ offers AMQPLAIN and PLAIN, not EXTERNAL (without its
+    // rabbitmq_auth_mechanism_ssl plugin).
+    fails_promptly(
+        "kombu SASL mechanism not offered",
+        &kombu_config(
+            "rabbit://guest:guest@127.0.0.1:5672/",
+            "login_method = \"EXTERNAL\"\n",
+        ),
+        &["does not offer the SASL mechanism EXTERNAL; it offers"],
+    )?;
     // The broker's CA is not trusted: the system roots are used.
     fails_promptly(
         "kombu untrusted certificate",

@@ -6,13 +6,15 @@ use std::sync::Arc;
 
 use lapin::options::ConfirmSelectOptions;
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
-use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
+use lapin::uri::{
+    AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo, SASLMechanism,
+};
 use lapin::{Channel, Connection, ConnectionProperties};
 use novarpc_amqp::pool::{Manager, Metrics, RecycleError, RecycleResult};
 use novarpc_amqp::{broker_addresses, Connector, Reconnector};
 use novarpc_core::{CommonOptions, ConfigError, TransportUrl};
 
-use crate::options::KombuOptions;
+use crate::options::{KombuOptions, LoginMethod};
 use crate::KombuError;
 
 /// One broker of the transport URL.
@@ -44,9 +46,15 @@ pub(crate) fn broker_hosts(url: Option<&TransportUrl>, options: &KombuOptions) -
         .and_then(|u| u.query_value("heartbeat"))
         .and_then(|h| h.parse().ok())
         .unwrap_or(options.heartbeat_timeout);
+    let auth_mechanism = match options.login_method {
+        LoginMethod::Plain => SASLMechanism::Plain,
+        LoginMethod::Amqplain => SASLMechanism::AMQPlain,
+        LoginMethod::External => SASLMechanism::External,
+    };
     let query = AMQPQueryString {
         heartbeat: Some(heartbeat),
         connection_timeout: Some(10_000),
+        auth_mechanism: Some(auth_mechanism),
         ..AMQPQueryString::default()
     };
     broker_addresses(url, options.ssl)
@@ -136,6 +144,24 @@ impl Connector for KombuConnector {
     type Error = KombuError;
 
     async fn connect(&self, host: &BrokerHost) -> Result<Arc<Connection>, KombuError> {
+        // A mechanism the broker does not offer makes RabbitMQ answer
+        // COMMAND_INVALID, which lapin does not report (the connect hangs):
+        // ask the broker first, when the method is not the universal PLAIN.
+        let wanted = self.options.login_method;
+        if wanted != LoginMethod::Plain && host.uri.scheme == AMQPScheme::AMQP {
+            let authority = &host.uri.authority;
+            if let Some(offered) =
+                crate::sasl::offered_mechanisms(&authority.host, authority.port).await
+            {
+                if !offered.iter().any(|m| m == wanted.name()) {
+                    return Err(KombuError::Mechanism {
+                        broker: describe(&host.uri),
+                        wanted: wanted.name().to_owned(),
+                        offered,
+                    });
+                }
+            }
+        }
         let properties = ConnectionProperties::default()
             .with_connection_name(self.connection_name.clone().into());
         let runtime = lapin::runtime::default_runtime().map_err(KombuError::Amqp)?;

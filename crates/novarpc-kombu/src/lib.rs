@@ -10,6 +10,7 @@
 mod connection;
 mod consumer;
 mod options;
+mod sasl;
 mod topology;
 mod transport;
 
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use novarpc_core::driver::{Capabilities, Driver, DriverDescriptor};
 use novarpc_core::{Classify, ErrorKind};
 
-pub use options::KombuOptions;
+pub use options::{KombuOptions, LoginMethod};
 pub use transport::KombuDriver;
 
 const BACKEND: &str = "kombu";
@@ -64,6 +65,16 @@ pub enum KombuError {
         /// lapin's error.
         #[source]
         source: lapin::Error,
+    },
+    /// The broker does not offer the configured login method.
+    #[error("{broker} does not offer the SASL mechanism {wanted}; it offers {}", offered.join(", "))]
+    Mechanism {
+        /// The broker, without credentials.
+        broker: String,
+        /// The configured `login_method`.
+        wanted: String,
+        /// What the broker's `connection.start` offered.
+        offered: Vec<String>,
     },
     /// An AMQP operation failed.
     #[error("AMQP operation failed")]
@@ -148,6 +159,7 @@ impl Classify for KombuError {
             KombuError::Connect { source, tls, .. } => classify_lapin(source, true, *tls),
             KombuError::Amqp(error) => classify_lapin(error, false, false),
             KombuError::Tls(_) => ErrorKind::Tls,
+            KombuError::Mechanism { .. } => ErrorKind::Authentication,
             KombuError::Unroutable { .. } => ErrorKind::Undeliverable,
             // Quorum queues nack while they elect a leader: try again.
             KombuError::Nacked | KombuError::Unconfirmed(_) => ErrorKind::Busy,

@@ -4,6 +4,31 @@ use novarpc_amqp::{seconds, FailoverStrategy, RetryPolicy};
 use novarpc_core::{Config, ConfigError};
 use serde::{Deserialize, Serialize};
 
+/// The SASL mechanism used to log in (oslo's `rabbit_login_method`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum LoginMethod {
+    /// PLAIN with the transport URL's user and password.
+    #[default]
+    Plain,
+    /// RabbitMQ's AMQPLAIN (oslo's default), the same credentials.
+    Amqplain,
+    /// EXTERNAL: the TLS client certificate identifies the user (needs
+    /// RabbitMQ's `rabbitmq_auth_mechanism_ssl`).
+    External,
+}
+
+impl LoginMethod {
+    /// The mechanism's name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            LoginMethod::Plain => "PLAIN",
+            LoginMethod::Amqplain => "AMQPLAIN",
+            LoginMethod::External => "EXTERNAL",
+        }
+    }
+}
+
 /// Options of the `[kombu]` table. oslo.messaging's names
 /// (`[oslo_messaging_rabbit]`) are accepted as aliases.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -89,6 +114,9 @@ pub struct KombuOptions {
     pub hostname: Option<String>,
     /// Shown in connection names (default: the executable's name).
     pub processname: Option<String>,
+    /// The SASL mechanism: `PLAIN` (default), `AMQPLAIN` or `EXTERNAL`.
+    #[serde(alias = "rabbit_login_method")]
+    pub login_method: LoginMethod,
     /// Accepted from oslo configs; novarpc backs off exponentially instead.
     pub rabbit_retry_backoff: Option<f64>,
     /// Accepted from oslo configs; lapin checks heartbeats itself.
@@ -125,6 +153,7 @@ impl Default for KombuOptions {
             ssl_key_file: None,
             hostname: None,
             processname: None,
+            login_method: LoginMethod::Plain,
             rabbit_retry_backoff: None,
             heartbeat_rate: None,
         }
