@@ -123,38 +123,10 @@ pub trait BrokerResolver: Send + Sync + fmt::Debug + 'static {
 
 const _: Option<&dyn BrokerResolver> = None;
 
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for &crate::Broker {}
-    impl Sealed for crate::Broker {}
-}
-
-/// Where [`crate::RpcClient::cast_to_server`] and
-/// [`crate::RpcClient::fanout_cast_to_server`] send: a [`Broker`] (by value
-/// or reference). Hosts go through [`crate::RpcClient::cast_to_host`] /
-/// `fanout_cast_to_host` (or `.server(host)`).
-pub trait ServerParams: sealed::Sealed {
-    #[doc(hidden)]
-    fn into_destination(self) -> Destination;
-}
-
-/// What a [`ServerParams`] resolves to (not user API).
-#[doc(hidden)]
-#[derive(Debug)]
-pub enum Destination {
-    /// A broker.
-    Broker(Broker),
-}
-
-impl ServerParams for &Broker {
-    fn into_destination(self) -> Destination {
-        Destination::Broker(self.clone())
-    }
-}
-
-impl ServerParams for Broker {
-    fn into_destination(self) -> Destination {
-        Destination::Broker(self)
+impl From<&Broker> for Broker {
+    /// Lets `cast_to_server` take a broker by reference as well.
+    fn from(broker: &Broker) -> Self {
+        broker.clone()
     }
 }
 

@@ -27,7 +27,7 @@ mod rpc_server;
 mod target;
 mod transport;
 
-pub use broker::{Broker, BrokerResolver, ServerParams};
+pub use broker::{Broker, BrokerResolver};
 pub use config::{
     BrokerEntry, CommonOptions, Config, ConfigError, Password, TransportHost, TransportUrl,
 };

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use crate::broker::{Broker, Destination, ServerParams};
+use crate::broker::Broker;
 use crate::envelope::{self, Context, Reply, Request, DISPATCHER_MODULE};
 use crate::error::{Error, Result};
 use crate::notify::{Notifier, Priority};
@@ -478,13 +478,12 @@ impl RpcClient {
     pub async fn cast_to_server<A: Serialize + ?Sized>(
         &self,
         context: &Context,
-        broker: impl ServerParams,
+        broker: impl Into<Broker>,
         method: &str,
         args: &A,
     ) -> Result<()> {
-        let Destination::Broker(broker) = broker.into_destination();
         self.prepare()
-            .broker(broker)
+            .broker(broker.into())
             .send(&self.target, context, method, args)
             .await
     }
@@ -497,13 +496,12 @@ impl RpcClient {
     pub async fn fanout_cast_to_server<A: Serialize + ?Sized>(
         &self,
         context: &Context,
-        broker: impl ServerParams,
+        broker: impl Into<Broker>,
         method: &str,
         args: &A,
     ) -> Result<()> {
-        let Destination::Broker(broker) = broker.into_destination();
         self.prepare()
-            .broker(broker)
+            .broker(broker.into())
             .send(&self.retarget(None, true), context, method, args)
             .await
     }

@@ -32,8 +32,8 @@ pub use novarpc_core::{
     error_chain, Broker, BrokerEntry, BrokerResolver, Capabilities, CommonOptions, Config,
     ConfigError, Context, Endpoint, EndpointError, Error, ErrorKind, Notification,
     NotificationListener, Notifier, Password, Priority, RemoteFailure, Replies, Result, RpcClient,
-    RpcServer, RpcServerBuilder, ServerParams, Target, Transport, TransportHost, TransportUrl,
-    UnknownPriority, Version,
+    RpcServer, RpcServerBuilder, Target, Transport, TransportHost, TransportUrl, UnknownPriority,
+    Version,
 };
 pub use registry::Registry;
 
