@@ -69,6 +69,37 @@ for label, name in (("memory (client and server in one process)", "memory-10k"),
     r = load(name); n = r["novarpc"]
     print(f"| {label} | {n['operations']:,} | {n['errors']} | {n['rate']:,.0f} | {ms(n['p99_us'])} | {r['rss_growth_mb']:.1f} MB | {r['peak_rss_mb']:.1f} MB |")
 print()
+print("## Peers, measured in the same run\n")
+print("tarpc: its in-process channel transport (`benches/peers`), against the memory backend.")
+print("RustStream: ruststream-lapin 0.7.2 echo RPC over direct reply-to (`benches/peers`), against kombu.")
+print("oslo.messaging 18.3.1: its rabbit driver on the same RabbitMQ, threading executor, one")
+print("client thread per call in flight (`benches/peers/oslo_bench.py`), against kombu.\n")
+print("| workload | novarpc /s | peer /s | novarpc / peer | novarpc p50 | peer p50 |")
+print("|---|---|---|---|---|---|")
+def exists(name): return os.path.exists(os.path.join(out, name + ".json"))
+def peer_row(label, ours, theirs):
+    if not (exists(ours) and exists(theirs)):
+        return
+    n, p = load(ours)["novarpc"], load(theirs)
+    a = n["delivered_rate"] if n["delivered_rate"] is not None else n["rate"]
+    b = p["delivered_rate"] if p.get("delivered_rate") is not None else p["rate"]
+    print(f"| {label} | {a:,.0f} | {b:,.0f} | {a / b:.2f} | {ms(n['p50_us'])} | {ms(p['p50_us'])} |")
+peer_row("memory call vs tarpc channel, 1 in flight", "memory-call-1", "peer-tarpc-1")
+peer_row("memory call vs tarpc channel, 64 in flight", "memory-call-64", "peer-tarpc-64")
+for n in (1, 16, 128):
+    peer_row(f"kombu call vs RustStream call, {n} in flight", f"kombu-call-{n}", f"peer-ruststream-{n}")
+peer_row("kombu call vs oslo.messaging call, 1 in flight", "kombu-call-1", "peer-oslo-call-1")
+peer_row("kombu call vs oslo.messaging call, 16 in flight", "kombu-call-16", "peer-oslo-call-16")
+peer_row("kombu cast (confirms) vs oslo.messaging cast, 64 in flight, delivered", "kombu-cast-confirms", "peer-oslo-cast")
+print()
+
+callgrind = os.path.join(out, "callgrind.md")
+if os.path.exists(callgrind):
+    print("## Instructions and allocations per call (callgrind, DHAT)\n")
+    print("`scripts/callgrind-calls`: `bench --mode call --concurrency 1 --messages N` and 2N")
+    print("under valgrind, client and server in one process; per call = (X(2N) − X(N)) / N.\n")
+    with open(callgrind) as f:
+        print(f.read())
 print("## Targets\n")
 k16, k128 = load("kombu-call-16"), load("kombu-call-128")
 kc, kn, k1 = load("kombu-cast-confirms"), load("kombu-cast-noconfirms"), load("kombu-call-1")

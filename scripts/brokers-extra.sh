@@ -20,6 +20,10 @@
 #                                 transient_nonexcl_queues, as RabbitMQ 4
 #                                 deployments may; 0: permit it
 #   NOVARPC_RMQ4_PORT             AMQP port of RabbitMQ 4 (default 5682)
+#   NOVARPC_RMQ4_TLS_PORT         its TLS port (default 5681), opened when the
+#                                 test CA of scripts/brokers.sh exists
+#                                 (NOVARPC_TLS_DIR); exports
+#                                 NOVARPC_RABBITMQ4_TLS_PORT
 #   NOVARPC_PROTON_PORT           port of the Proton broker (default 5692)
 #   NOVARPC_DEBIAN_MIRROR         (default http://deb.debian.org/debian)
 
@@ -127,6 +131,7 @@ _nrx_spawn() {
 
 NOVARPC_RMQ4_ROOT="${NOVARPC_RMQ4_ROOT:-$NOVARPC_CACHE/trixie-rabbitmq}"
 NOVARPC_RMQ4_PORT="${NOVARPC_RMQ4_PORT:-5682}"
+NOVARPC_RMQ4_TLS_PORT="${NOVARPC_RMQ4_TLS_PORT:-5681}"
 NOVARPC_RMQ4_NODE="${NOVARPC_RMQ4_NODE:-rabbit4@localhost}"
 NOVARPC_RMQ4_EPMD_PORT="${NOVARPC_RMQ4_EPMD_PORT:-4371}"
 NOVARPC_RMQ4_DIST_PORT="${NOVARPC_RMQ4_DIST_PORT:-25682}"
@@ -303,6 +308,31 @@ loopback_users = none
 # NOVARPC_RMQ4_DENY_DEPRECATED=${NOVARPC_RMQ4_DENY_DEPRECATED:-1}
 deprecated_features.permit.transient_nonexcl_queues = $permit
 EOF
+    # The host node's test certificates, for the TLS failure tests: copied
+    # in, as the chroot's rabbitmq user cannot read the host's copy.
+    local tls="${NOVARPC_TLS_DIR:-/etc/rabbitmq/novarpc-tls}" user
+    if [ -s "$tls/ca.pem" ] && [ -s "$tls/server.pem" ] && [ -s "$tls/server.key" ]; then
+        user="$(_rmq4_user)"
+        install -d -m 755 "$root/etc/rabbitmq/novarpc-tls"
+        install -m 644 "$tls/ca.pem" "$tls/server.pem" "$root/etc/rabbitmq/novarpc-tls/"
+        install -m 640 -o "${user%%:*}" -g "${user##*:}" "$tls/server.key" "$root/etc/rabbitmq/novarpc-tls/"
+        cat >>"$root/etc/rabbitmq/rabbitmq.conf.new" <<EOF
+listeners.ssl.default = 127.0.0.1:$NOVARPC_RMQ4_TLS_PORT
+ssl_options.cacertfile = /etc/rabbitmq/novarpc-tls/ca.pem
+ssl_options.certfile = /etc/rabbitmq/novarpc-tls/server.pem
+ssl_options.keyfile = /etc/rabbitmq/novarpc-tls/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
+EOF
+    fi
+}
+
+# Exports the node's URL (and TLS port, when it has a TLS listener).
+_rmq4_export() {
+    export NOVARPC_RABBITMQ4_URL="amqp://guest:guest@127.0.0.1:$NOVARPC_RMQ4_PORT/"
+    if grep -q '^listeners.ssl.default' "$NOVARPC_RMQ4_ROOT/etc/rabbitmq/rabbitmq.conf" 2>/dev/null; then
+        export NOVARPC_RABBITMQ4_TLS_PORT="$NOVARPC_RMQ4_TLS_PORT"
+    fi
 }
 
 _rmq4_stop_procs() {
@@ -348,15 +378,20 @@ _rmq4_ensure() {
         if cmp -s "$root/etc/rabbitmq/rabbitmq.conf.new" "$root/etc/rabbitmq/rabbitmq.conf"; then
             rm -f "$root/etc/rabbitmq/rabbitmq.conf.new"
             echo "RabbitMQ $version is already running on 127.0.0.1:$NOVARPC_RMQ4_PORT"
-            export NOVARPC_RABBITMQ4_URL="amqp://guest:guest@127.0.0.1:$NOVARPC_RMQ4_PORT/"
+            _rmq4_export
             return 0
         fi
-        echo "restarting RabbitMQ $version for a changed configuration (NOVARPC_RMQ4_DENY_DEPRECATED)"
+        echo "restarting RabbitMQ $version for a changed configuration"
     fi
     _rmq4_stop_procs
     mv "$root/etc/rabbitmq/rabbitmq.conf.new" "$root/etc/rabbitmq/rabbitmq.conf"
     if _nrx_port_open "$NOVARPC_RMQ4_PORT"; then
         _nrx_err "127.0.0.1:$NOVARPC_RMQ4_PORT is taken by another program; stop it or set NOVARPC_RMQ4_PORT"
+        return 1
+    fi
+    if grep -q '^listeners.ssl.default' "$root/etc/rabbitmq/rabbitmq.conf" &&
+        _nrx_port_open "$NOVARPC_RMQ4_TLS_PORT"; then
+        _nrx_err "127.0.0.1:$NOVARPC_RMQ4_TLS_PORT is taken by another program; stop it or set NOVARPC_RMQ4_TLS_PORT"
         return 1
     fi
     if _nrx_port_open "$NOVARPC_RMQ4_EPMD_PORT"; then
@@ -399,7 +434,7 @@ _rmq4_ensure() {
         return 1
     fi
     echo "RabbitMQ $version is up on 127.0.0.1:$NOVARPC_RMQ4_PORT"
-    export NOVARPC_RABBITMQ4_URL="amqp://guest:guest@127.0.0.1:$NOVARPC_RMQ4_PORT/"
+    _rmq4_export
 }
 
 ensure_rabbitmq4() {

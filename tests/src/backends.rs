@@ -243,10 +243,13 @@ pub fn qpid_with(qpid_options: &str) -> QpidBackend {
 }
 
 /// `[qpid]` lines the environment asks for: `NOVARPC_TEST_AMQP1_ADDRESSING`
-/// (an addressing profile) and `NOVARPC_TEST_AMQP1_SASL` (a SASL mechanism),
-/// so the suite runs against another AMQP 1.0 broker with no code change.
+/// (an addressing profile), `NOVARPC_TEST_AMQP1_SASL` (a SASL mechanism) and
+/// `NOVARPC_TEST_AMQP1_OPTIONS` (TOML lines separated by `;`), so the suite
+/// runs against another AMQP 1.0 broker with no code change.
 pub fn amqp1_env_options() -> String {
-    let mut lines = String::new();
+    let mut lines = std::env::var("NOVARPC_TEST_AMQP1_OPTIONS")
+        .map(|lines| lines.replace(';', "\n") + "\n")
+        .unwrap_or_default();
     if let Ok(profile) = std::env::var("NOVARPC_TEST_AMQP1_ADDRESSING") {
         lines.push_str(&format!("addressing = \"{profile}\"\n"));
     }
@@ -359,12 +362,26 @@ impl Backend for QpidBackend {
         raw_amqp1_send(&node.address, body).await
     }
 
-    /// AMQP 1.0 cannot delete queues on RabbitMQ 3: the test broker's 0-9-1
-    /// side removes the shared queues (named `<exchange>.<queue>`). Other
-    /// brokers' test queues are left to the broker (the Proton example
-    /// broker keeps them in memory until it stops).
+    /// The shared queues (named `<exchange>.<queue>`) go through the driver
+    /// where it can delete them (`removes_targets`: RabbitMQ 4's management
+    /// node). AMQP 1.0 cannot delete queues on RabbitMQ 3: the test broker's
+    /// 0-9-1 side removes them. Other brokers' test queues are left to the
+    /// broker (the Proton example broker keeps them in memory until it
+    /// stops).
     async fn remove_topology(&self, queues: &[String], exchanges: &[String]) -> anyhow::Result<()> {
         let options = novarpc::qpid::QpidOptions::from_config(&self.config)?;
+        if options.addressing().capabilities().removes_targets {
+            let transport = self.transport().await?;
+            for exchange in exchanges {
+                for queue in queues {
+                    transport
+                        .delete_target(&novarpc::Target::new(queue.as_str()).exchange(exchange))
+                        .await?;
+                }
+            }
+            transport.cleanup().await?;
+            return Ok(());
+        }
         if options.addressing != novarpc::qpid::AddressingProfile::Rabbitmq3 {
             return Ok(());
         }

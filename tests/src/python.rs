@@ -39,6 +39,25 @@ pub fn oslo_url() -> String {
     crate::backends::rabbit_url()
 }
 
+/// `python SCRIPT --url … --exchange … --topic … --server …`: a peer in
+/// `tests/interop/` pointed at the test broker and a target.
+pub fn oslo_peer(script_name: &str, exchange: &str, topic: &str, server: &str) -> Result<Command> {
+    let mut command = Command::new(python()?);
+    command.arg(script(script_name)).args([
+        "--url",
+        &oslo_url(),
+        "--exchange",
+        exchange,
+        "--topic",
+        topic,
+        "--server",
+        server,
+    ]);
+    // oslo's queue manager takes an external (file) lock: it needs a place.
+    command.env("OSLO_LOCK_PATH", std::env::temp_dir());
+    Ok(command)
+}
+
 /// An `oslo_server.py` process.
 pub struct PythonServer {
     child: Child,
@@ -64,19 +83,18 @@ impl PythonServer {
             .iter()
             .flat_map(|(k, v)| ["--rabbit-option".to_owned(), format!("{k}={v}")])
             .collect();
-        let mut child = Command::new(python()?)
-            .arg(script("oslo_server.py"))
+        let mut command = oslo_peer("oslo_server.py", exchange, topic, server)?;
+        if rabbit_options
+            .iter()
+            .any(|(k, _)| *k == "use_queue_manager")
+        {
+            // oslo's queue manager reads its process group leader's /proc
+            // entry and fails when the leader has exited (as under CI's
+            // shells): the server leads a group of its own.
+            command.process_group(0);
+        }
+        let mut child = command
             .args(&options)
-            .args([
-                "--url",
-                &oslo_url(),
-                "--exchange",
-                exchange,
-                "--topic",
-                topic,
-                "--server",
-                server,
-            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -116,18 +134,7 @@ impl PythonServer {
 pub async fn run_client(exchange: &str, topic: &str, server: &str) -> Result<Value> {
     let output = tokio::time::timeout(
         Duration::from_secs(120),
-        Command::new(python()?)
-            .arg(script("oslo_client.py"))
-            .args([
-                "--url",
-                &oslo_url(),
-                "--exchange",
-                exchange,
-                "--topic",
-                topic,
-                "--server",
-                server,
-            ])
+        oslo_peer("oslo_client.py", exchange, topic, server)?
             .stderr(Stdio::inherit())
             .output(),
     )

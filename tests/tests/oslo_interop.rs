@@ -196,7 +196,7 @@ async fn novarpc_client_calls_python_oslo_server() -> Result<()> {
     let versioned: String = client
         .prepare()
         .namespace("ns1")
-        .version("1.2")
+        .version(Version::new(1, 2))
         .call(&ctx, "versioned", &json!({}))
         .await?;
     ensure!(versioned == "ns1-1.3");
@@ -227,7 +227,7 @@ async fn novarpc_client_calls_python_oslo_server() -> Result<()> {
     let too_new = client
         .prepare()
         .namespace("ns1")
-        .version("2.0")
+        .version(Version::new(2, 0))
         .call::<Value, _>(&ctx, "versioned", &json!({}))
         .await;
     ensure!(
@@ -288,6 +288,32 @@ async fn novarpc_client_calls_python_oslo_server() -> Result<()> {
         .await
 }
 
+/// `qmhost:<processname>:<n>` with `<n>` as `<n>`: the Python and the Rust
+/// server share one counter, so each takes its own number.
+fn queue_manager_counter(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("qmhost:") {
+        let (before, after) = rest.split_at(at);
+        out.push_str(before);
+        let name_end = after["qmhost:".len()..]
+            .find(':')
+            .map_or(after.len(), |i| i + "qmhost:".len());
+        out.push_str(&after[..name_end]);
+        let digits = after[name_end..]
+            .strip_prefix(':')
+            .map_or(0, |d| d.bytes().take_while(u8::is_ascii_digit).count());
+        if digits > 0 {
+            out.push_str(":<n>");
+            rest = &after[name_end + 1 + digits..];
+        } else {
+            rest = &after[name_end..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The broker's view of everything named after `exchange` or `topic`, with
 /// those names and uuids replaced by placeholders.
 async fn topology(exchange: &str, topic: &str) -> Result<BTreeSet<String>> {
@@ -323,11 +349,11 @@ async fn topology(exchange: &str, topic: &str) -> Result<BTreeSet<String>> {
         if let Some(Value::Array(arguments)) = v.get_mut("arguments") {
             arguments.sort_by_key(|a| a.to_string());
         }
-        uuid(
+        queue_manager_counter(&uuid(
             &v.to_string()
                 .replace(exchange, "<exchange>")
                 .replace(topic, "<topic>"),
-        )
+        ))
     };
     let mentions = |v: &Value| {
         let text = v.to_string();
@@ -414,6 +440,41 @@ async fn same_topology_as_oslo_with_stream_fanout() -> Result<()> {
         "rabbit_quorum_queue = true\nrabbit_transient_quorum_queue = true\nrabbit_stream_fanout = true\nrabbit_qos_prefetch_count = 10",
     )
     .await
+}
+
+/// oslo's queue manager: fanout queues named `<hostname>:<processname>:<n>`
+/// from the counter both sides keep in /dev/shm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ and the oslo.messaging venv: run ./scripts/test"]
+async fn same_topology_as_oslo_with_the_queue_manager() -> Result<()> {
+    let processname = unique("qmproc");
+    same_topology_as_oslo(
+        &[
+            ("use_queue_manager", "true"),
+            ("hostname", "qmhost"),
+            ("processname", &processname),
+        ],
+        &format!(
+            "use_queue_manager = true\nhostname = \"qmhost\"\nprocessname = \"{processname}\""
+        ),
+    )
+    .await?;
+    let _ = std::fs::remove_file(format!("/dev/shm/qmhost_{processname}_qmanager"));
+    // Such fanout queues outlive their servers (until x-expires), as oslo's.
+    let listed = tokio::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "name", "-q"])
+        .output()
+        .await?;
+    let left: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter(|name| name.contains(&processname))
+        .map(str::to_owned)
+        .collect();
+    ensure!(
+        left.len() == 2,
+        "expected both fanout queues, found {left:?}"
+    );
+    kombu().remove_topology(&left, &[]).await
 }
 
 /// A Python oslo.messaging server with `oslo_options` and a novarpc server

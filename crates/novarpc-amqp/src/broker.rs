@@ -10,12 +10,18 @@ use crate::RetryPolicy;
 /// One broker host of a transport URL, RabbitMQ's defaults filled in.
 #[derive(Clone)]
 pub struct BrokerAddress {
+    /// The host name or IP address (an IPv6 address without its brackets).
     pub host: String,
+    /// The port: the URL's, else 5671 with TLS and 5672 without.
     pub port: u16,
+    /// The user to authenticate as (`guest` when the URL names none).
     pub username: String,
+    /// The user's password (`guest` when the URL gives none); redacted in
+    /// `Debug` output.
     pub password: Password,
     /// The URL's virtual host, as written (`None` when it names none).
     pub virtual_host: Option<String>,
+    /// Whether to connect over TLS (`amqps`).
     pub tls: bool,
 }
 

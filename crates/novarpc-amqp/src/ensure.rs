@@ -7,8 +7,12 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 /// `interval` up to `max_interval`, at most `max_retries` retries (`None`: forever).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RetryPolicy {
+    /// The first delay, and the least any delay can be.
     pub interval: Duration,
+    /// The cap on the delay as it doubles (before jitter); taken as
+    /// `interval` when smaller.
     pub max_interval: Duration,
+    /// How many retries follow the first attempt; `None` retries forever.
     pub max_retries: Option<u32>,
 }
 
@@ -48,7 +52,9 @@ impl RetryPolicy {
 /// `ensure` gave up: the last error after `attempts` attempts.
 #[derive(Debug)]
 pub struct Exhausted<E> {
+    /// How many attempts were made, the first one included.
     pub attempts: u32,
+    /// The error of the last attempt.
     pub last_error: E,
 }
 

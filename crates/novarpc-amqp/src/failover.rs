@@ -7,8 +7,12 @@ use serde::Deserialize;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FailoverStrategy {
+    /// Try the hosts in the order the URL lists them, wrapping around (the
+    /// default).
     #[default]
     RoundRobin,
+    /// Shuffle the hosts once, then pick one at random for each attempt, so
+    /// that many clients spread over the brokers.
     Shuffle,
 }
 
@@ -43,6 +47,8 @@ impl<H> HostRing<H> {
         &self.hosts[index % self.hosts.len()]
     }
 
+    /// All the hosts (after the shuffle, with [`FailoverStrategy::Shuffle`]),
+    /// e.g. to describe them.
     pub fn hosts(&self) -> &[H] {
         &self.hosts
     }

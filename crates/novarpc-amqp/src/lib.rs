@@ -9,6 +9,8 @@
 //! them too) and are re-exported here, so a driver finds everything
 //! AMQP-shaped in one place.
 
+#![deny(missing_docs)]
+
 mod broker;
 mod ensure;
 mod failover;

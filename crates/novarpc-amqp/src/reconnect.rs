@@ -9,12 +9,21 @@ use crate::failover::HostRing;
 
 /// Opens a connection to one host.
 pub trait Connector: Send + Sync + 'static {
+    /// Where to connect: one host of the transport URL, with whatever the
+    /// connector needs to reach it.
     type Host: Send + Sync + 'static;
+    /// A live connection; cloning it must give a handle to the same
+    /// connection, since [`Reconnector`] hands out clones to every caller.
     type Connection: Clone + Send + Sync + 'static;
     /// The connector's error; its classification decides whether connecting
     /// is tried again (an unreachable broker) or not (refused credentials).
     type Error: Classify;
 
+    /// The driver's backend name, for metrics.
+    const BACKEND: &'static str;
+
+    /// Opens a connection to `host`; a single attempt ([`Reconnector`]
+    /// does the retrying and failover).
     fn connect(
         &self,
         host: &Self::Host,
@@ -58,6 +67,8 @@ impl<K: Connector> std::fmt::Debug for Reconnector<K> {
 }
 
 impl<K: Connector> Reconnector<K> {
+    /// A reconnector that connects through `connector` to `hosts` with
+    /// `policy`'s retries; it connects lazily, on the first [`Reconnector::get`].
     pub fn new(connector: K, hosts: HostRing<K::Host>, policy: RetryPolicy) -> Arc<Self> {
         Arc::new(Reconnector {
             connector,
@@ -70,6 +81,7 @@ impl<K: Connector> Reconnector<K> {
         })
     }
 
+    /// The connector it connects with.
     pub fn connector(&self) -> &K {
         &self.connector
     }
@@ -109,6 +121,9 @@ impl<K: Connector> Reconnector<K> {
             },
         )
         .await?;
+        if current.generation > 0 {
+            novarpc_core::metrics::record_reconnect(K::BACKEND);
+        }
         current.generation += 1;
         current.connection = Some(connection.clone());
         Ok((current.generation, connection))

@@ -37,6 +37,36 @@ pub struct BenchOptions {
     pub topic: String,
     pub baseline_raw: bool,
     pub progress: bool,
+    /// The whole run (connecting, the raw baseline, the load, waiting for
+    /// deliveries, stopping) fails after this long instead of hanging.
+    pub deadline: Duration,
+}
+
+impl BenchOptions {
+    /// The deadline when none is given: room for a slow broker, but a stuck
+    /// run still fails within minutes.
+    pub fn default_deadline(budget: Budget, baseline_raw: bool) -> Duration {
+        let runs = if baseline_raw { 2 } else { 1 };
+        match budget {
+            Budget::Duration(d) => d * 2 * runs + Duration::from_secs(120),
+            Budget::Messages(_) => Duration::from_secs(600),
+        }
+    }
+}
+
+/// What a run is doing, so a run past its deadline can say where it stuck.
+#[derive(Clone, Default)]
+struct Phase(Arc<parking_lot::Mutex<&'static str>>);
+
+impl Phase {
+    fn set(&self, phase: &'static str) {
+        tracing::debug!(phase, "bench");
+        *self.0.lock() = phase;
+    }
+
+    fn get(&self) -> &'static str {
+        *self.0.lock()
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -246,8 +276,27 @@ pub async fn serve(transport: Transport, options: &BenchOptions) -> Result<u64> 
     Ok(received.load(Ordering::Relaxed))
 }
 
-/// Runs the benchmark: raw baseline first (if asked), then novarpc.
+/// Runs the benchmark: raw baseline first (if asked), then novarpc. A run
+/// that has not finished by `options.deadline` fails, naming the phase it
+/// was stuck in.
 pub async fn run(config: &novarpc::Config, options: &BenchOptions) -> Result<Report> {
+    let phase = Phase::default();
+    match tokio::time::timeout(options.deadline, run_phases(config, options, &phase)).await {
+        Ok(report) => report,
+        Err(_) => anyhow::bail!(
+            "the bench did not finish within its deadline of {:?} (stuck {}); see --deadline",
+            options.deadline,
+            phase.get()
+        ),
+    }
+}
+
+async fn run_phases(
+    config: &novarpc::Config,
+    options: &BenchOptions,
+    phase: &Phase,
+) -> Result<Report> {
+    phase.set("connecting");
     let client_transport = novarpc::connect(config).await?;
     let backend = client_transport.backend().to_owned();
     // The memory backend only reaches itself; brokers get a connection per side.
@@ -256,6 +305,7 @@ pub async fn run(config: &novarpc::Config, options: &BenchOptions) -> Result<Rep
     } else {
         client_transport.clone()
     };
+    phase.set("starting servers");
     let side = if options.client_only {
         None
     } else {
@@ -264,6 +314,7 @@ pub async fn run(config: &novarpc::Config, options: &BenchOptions) -> Result<Rep
     let payload = "x".repeat(options.payload_bytes);
 
     let (raw, raw_client) = if options.baseline_raw {
+        phase.set("running the raw baseline");
         run_raw(config, &backend, options, &payload).await?
     } else {
         (None, "not asked for (--baseline raw)".to_owned())
@@ -278,6 +329,7 @@ pub async fn run(config: &novarpc::Config, options: &BenchOptions) -> Result<Rep
     }
     let progress = Arc::new(AtomicU64::new(0));
     let bar = progress_bar(options, "novarpc", progress.clone());
+    phase.set("running the novarpc load");
     let (rss_before, _) = memory_mb();
     let started = Instant::now();
     let mode = options.mode;
@@ -305,6 +357,7 @@ pub async fn run(config: &novarpc::Config, options: &BenchOptions) -> Result<Rep
     if let Some(bar) = bar {
         let _ = bar.await;
     }
+    phase.set("waiting for the servers to receive what was sent");
     let delivered_rate = match (&received, options.mode) {
         (Some(_), Mode::Call) | (None, _) => None,
         (Some(received), mode) => {
@@ -323,9 +376,11 @@ pub async fn run(config: &novarpc::Config, options: &BenchOptions) -> Result<Rep
     };
     let novarpc = Stats::new(&figure, delivered_rate);
 
+    phase.set("stopping the servers");
     if let Some(side) = side {
         stop_servers(side, &server_transport, options).await?;
     }
+    phase.set("closing the transports");
     client_transport.cleanup().await?;
     server_transport.cleanup().await?;
 

@@ -14,7 +14,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use novarpc::{
     Context, Endpoint, EndpointError, Error, ErrorKind, Notifier, Priority, RpcClient, RpcServer,
-    Target, Transport,
+    StreamExt, Target, Transport,
 };
 use novarpc_cli::bench::{self, BenchOptions, Mode};
 use novarpc_cli::load::Budget;
@@ -56,7 +56,7 @@ struct Addressing {
     namespace: Option<String>,
     /// The message's API version (MAJOR.MINOR).
     #[arg(long)]
-    version: Option<String>,
+    version: Option<novarpc::Version>,
     /// The exchange (default: control_exchange).
     #[arg(long)]
     exchange: Option<String>,
@@ -79,6 +79,10 @@ enum Command {
         /// Seconds to wait for the reply (default: rpc_response_timeout).
         #[arg(long)]
         timeout: Option<f64>,
+        /// A multicall: print each element of the method's stream as a
+        /// JSON line as it arrives.
+        #[arg(long)]
+        stream: bool,
     },
     /// Cast METHOD to TOPIC (one server, --server, or every server with --fanout;
     /// on another broker with --broker).
@@ -169,9 +173,18 @@ enum Command {
         topic: String,
         #[arg(long, value_enum)]
         baseline: Option<Baseline>,
+        /// Fail if the whole run has not finished after this many seconds
+        /// (default: twice the duration of each measured run plus 120 s, or
+        /// 600 s with --messages).
+        #[arg(long)]
+        deadline: Option<f64>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Record novarpc's metrics during the run and write them, in
+        /// Prometheus' text format, to FILE when it ends (`-`: stderr).
+        #[arg(long, value_name = "FILE")]
+        metrics: Option<PathBuf>,
     },
 }
 
@@ -324,7 +337,7 @@ fn client(transport: Transport, topic: &str, addressing: &Addressing) -> Result<
     let mut target = Target::new(topic);
     target.server = addressing.server.clone();
     target.namespace = addressing.namespace.clone();
-    target.version = addressing.version.clone();
+    target.version = addressing.version;
     target.exchange = addressing.exchange.clone();
     let client = RpcClient::new(transport, target);
     Ok(match &addressing.broker {
@@ -345,6 +358,7 @@ async fn run(cli: Cli) -> Result<u8> {
             method,
             addressing,
             timeout,
+            stream,
         } => {
             let args = json_arg(&addressing.args, "--args")?;
             let context = context_arg(addressing.context.as_deref())?;
@@ -355,6 +369,12 @@ async fn run(cli: Cli) -> Result<u8> {
                     Duration::try_from_secs_f64(seconds)
                         .map_err(|_| usage("--timeout must be positive seconds"))?,
                 );
+            }
+            if stream {
+                let result = print_stream(&client, &context, &method, &args).await;
+                transport.cleanup().await?;
+                result?;
+                return Ok(0);
             }
             let result = client.call::<Value, _>(&context, &method, &args).await;
             transport.cleanup().await?;
@@ -438,8 +458,20 @@ async fn run(cli: Cli) -> Result<u8> {
             server_only,
             topic,
             baseline,
+            deadline,
             json,
+            metrics,
         } => {
+            // Installed before anything connects: transports register
+            // their handles with the recorder present at the time.
+            let recorder = match &metrics {
+                Some(_) => Some(
+                    metrics_exporter_prometheus::PrometheusBuilder::new()
+                        .install_recorder()
+                        .context("cannot install the metrics recorder")?,
+                ),
+                None => None,
+            };
             let budget = match (messages, duration) {
                 (Some(n), _) => Budget::Messages(n),
                 (None, Some(s)) => Budget::Duration(
@@ -451,6 +483,14 @@ async fn run(cli: Cli) -> Result<u8> {
             if concurrency == 0 {
                 bail!(usage("--concurrency must be at least 1"));
             }
+            let baseline_raw = matches!(baseline, Some(Baseline::Raw));
+            let deadline = match deadline {
+                Some(s) => Duration::try_from_secs_f64(s)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| usage("--deadline must be positive seconds"))?,
+                None => BenchOptions::default_deadline(budget, baseline_raw),
+            };
             let options = BenchOptions {
                 mode,
                 concurrency,
@@ -460,8 +500,9 @@ async fn run(cli: Cli) -> Result<u8> {
                 client_only,
                 server_only,
                 topic,
-                baseline_raw: matches!(baseline, Some(Baseline::Raw)),
+                baseline_raw,
                 progress: !json && std::io::stderr().is_terminal(),
+                deadline,
             };
             if server_only {
                 let transport = novarpc::connect(&config).await?;
@@ -481,6 +522,15 @@ async fn run(cli: Cli) -> Result<u8> {
                 print_json(&serde_json::to_value(&report)?)?;
             } else {
                 bench::print(&report, &options);
+            }
+            if let (Some(path), Some(recorder)) = (&metrics, recorder) {
+                let text = recorder.render();
+                if path.as_os_str() == "-" {
+                    eprint!("{text}");
+                } else {
+                    std::fs::write(path, text)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                }
             }
             Ok(0)
         }
@@ -615,6 +665,21 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// `call --stream`: one JSON line per element, flushed as each arrives (the
+/// timeout bounds the wait for each, as in oslo's multicall).
+async fn print_stream(
+    client: &RpcClient,
+    context: &Context,
+    method: &str,
+    args: &Value,
+) -> Result<()> {
+    let mut replies = client.multicall::<Value, _>(context, method, args).await?;
+    while let Some(element) = replies.next().await {
+        emit(&element?)?;
+    }
+    Ok(())
+}
+
 fn emit(line: &Value) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, line)?;
@@ -634,6 +699,15 @@ fn check_config(config: &novarpc::Config) -> Result<u8> {
     } else {
         "default"
     };
+    if chosen_by == "default" {
+        // Easy to miss: a file with a typo'd or missing [DEFAULT] table
+        // silently gives an in-process transport that reaches nobody.
+        eprintln!(
+            "warning: {} names no rpc_backend or transport_url; novarpc falls back to `{}`, which serves this process only",
+            config.origin(),
+            driver.name
+        );
+    }
     let caps = (driver.capabilities)(config)?;
     let mut capabilities = Vec::new();
     for (on, name) in [

@@ -87,7 +87,10 @@ impl RawLapinRpc {
         let client_connection = Connection::connect(uri, ConnectionProperties::default()).await?;
         let queue = format!("novarpc_raw_{}", uuid::Uuid::new_v4().simple());
         let server = server_connection.create_channel().await?;
+        // Exclusive to the consumer's connection: RabbitMQ 4 may deny
+        // transient non-exclusive queues.
         let transient = QueueDeclareOptions {
+            exclusive: true,
             auto_delete: true,
             ..QueueDeclareOptions::default()
         };
@@ -219,7 +222,10 @@ impl RawLapinCasts {
         channel
             .queue_declare(
                 queue.as_str().into(),
-                QueueDeclareOptions::default(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..QueueDeclareOptions::default()
+                },
                 FieldTable::default(),
             )
             .await?;

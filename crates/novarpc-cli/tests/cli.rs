@@ -10,7 +10,9 @@ use anyhow::{ensure, Context as _, Result};
 use novarpc::{
     Context, Endpoint, EndpointError, NotificationListener, Priority, RpcServer, Target,
 };
-use novarpc_conformance::backends::{amqp1_url, kombu, qpid, rabbit_url};
+use novarpc_conformance::backends::{
+    amqp1_env_options, amqp1_url, kombu, kombu_env_options, qpid, rabbit_url,
+};
 use novarpc_conformance::{unique, Backend};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -79,6 +81,28 @@ fn check_config_prints_resolved_settings_and_redacts_passwords() -> Result<()> {
 }
 
 #[test]
+fn check_config_warns_when_no_backend_is_named() -> Result<()> {
+    // An empty [DEFAULT] (a typo'd table name, say) falls back to memory:
+    // valid, but said, because such a process reaches nobody.
+    let bare = temp_config("[DEFAULT]\ncontrol_exchange = \"nova\"\n")?;
+    let out = novarpc(&bare, &["check-config"]);
+    ensure!(out.status.code() == Some(0), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    ensure!(
+        stderr.contains("warning") && stderr.contains("`memory`"),
+        "{stderr}"
+    );
+    let named = temp_config("[DEFAULT]\nrpc_backend = \"memory\"\n")?;
+    let out = novarpc(&named, &["check-config"]);
+    ensure!(
+        out.status.code() == Some(0) && !text(&out.stderr).contains("warning"),
+        "{}",
+        text(&out.stderr)
+    );
+    Ok(())
+}
+
+#[test]
 fn check_config_fails_with_exit_3_naming_the_line() -> Result<()> {
     let bad = temp_config("[DEFAULT]\nrpc_backend = \"memory\"\n\n[memory]\nbrokr = \"x\"\n")?;
     let out = novarpc(&bad, &["check-config"]);
@@ -95,6 +119,32 @@ fn check_config_fails_with_exit_3_naming_the_line() -> Result<()> {
         "{}",
         text(&out.stderr)
     );
+    Ok(())
+}
+
+#[test]
+fn a_bench_that_cannot_finish_fails_at_its_deadline() -> Result<()> {
+    let config = workspace_file("config/novarpc.toml");
+    let started = std::time::Instant::now();
+    // Far more calls than fit in the deadline: the run must end with an
+    // error naming where it was, not run on.
+    let out = novarpc(
+        &config,
+        &["bench", "--messages", "1000000000", "--deadline", "1"],
+    );
+    ensure!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    ensure!(out.status.code() == Some(4), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    ensure!(
+        stderr.contains("deadline") && stderr.contains("running the novarpc load"),
+        "{stderr}"
+    );
+    let out = novarpc(&config, &["bench", "--deadline", "0"]);
+    ensure!(out.status.code() == Some(2), "{}", text(&out.stderr));
     Ok(())
 }
 
@@ -135,6 +185,37 @@ fn ping_and_bench_on_memory() -> Result<()> {
     ensure!(
         report["novarpc"]["p999_us"].is_number() && report["peak_rss_mb"].is_number(),
         "{report}"
+    );
+
+    // --metrics: the run's figures in Prometheus' text format.
+    let metrics = std::env::temp_dir().join(format!("{}.prom", unique("bench-metrics")));
+    let out = novarpc(
+        &config,
+        &[
+            "bench",
+            "--messages",
+            "200",
+            "--json",
+            "--metrics",
+            metrics.to_str().context("temp path")?,
+        ],
+    );
+    ensure!(out.status.code() == Some(0), "{}", text(&out.stderr));
+    let exposition = std::fs::read_to_string(&metrics)?;
+    let _ = std::fs::remove_file(&metrics);
+    ensure!(
+        exposition
+            .lines()
+            .any(|l| l.starts_with("novarpc_requests_total{")
+                && l.contains("side=\"client\"")
+                && l.contains("method=\"echo\"")
+                && l.contains("outcome=\"ok\"")),
+        "{exposition}"
+    );
+    ensure!(
+        exposition.contains("novarpc_request_duration_seconds")
+            && exposition.contains("side=\"server\""),
+        "{exposition}"
     );
 
     for mode in ["cast", "fanout", "notify"] {
@@ -281,11 +362,12 @@ async fn broker_flag_against_rabbitmq() -> Result<()> {
     let vhost = Vhost::create(&unique("novarpc_cell1"), "guest").await?;
     let cell1_url = with_vhost(&url, vhost.name())?;
     let topic = unique("cli_cells");
+    let kombu_options = kombu_env_options();
     let config = temp_config(&format!(
-        "[DEFAULT]\ntransport_url = \"{url}\"\nrpc_response_timeout = 10\n\n[brokers.cell1]\ntransport_url = \"{cell1_url}\"\n"
+        "[DEFAULT]\ntransport_url = \"{url}\"\nrpc_response_timeout = 10\n\n[kombu]\n{kombu_options}\n[brokers.cell1]\ntransport_url = \"{cell1_url}\"\n"
     ))?;
     let cell1 = novarpc::Config::from_toml_str(
-        &format!("[DEFAULT]\ntransport_url = \"{cell1_url}\"\n"),
+        &format!("[DEFAULT]\ntransport_url = \"{cell1_url}\"\n\n[kombu]\n{kombu_options}"),
         "<cell1>",
     )?;
     let transport = novarpc::connect(&cell1).await?;
@@ -377,21 +459,34 @@ struct Record {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs RabbitMQ: run ./scripts/test"]
 async fn subcommands_against_rabbitmq() -> Result<()> {
-    subcommands_against("kombu", &rabbit_url(), Box::new(kombu())).await
+    subcommands_against(
+        "kombu",
+        &rabbit_url(),
+        kombu_env_options(),
+        Box::new(kombu()),
+    )
+    .await
 }
 
 /// The same over AMQP 1.0, on RabbitMQ's plugin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs RabbitMQ with rabbitmq_amqp1_0: run ./scripts/test"]
 async fn subcommands_against_rabbitmq_amqp1() -> Result<()> {
-    subcommands_against("qpid", &amqp1_url(), Box::new(qpid())).await
+    subcommands_against("qpid", &amqp1_url(), amqp1_env_options(), Box::new(qpid())).await
 }
 
-async fn subcommands_against(kind: &str, url: &str, backend: Box<dyn Backend>) -> Result<()> {
+/// `driver_options`: the `[kind]` lines the environment asks of the test
+/// broker (RabbitMQ 4's quorum queues, an AMQP 1.0 addressing profile).
+async fn subcommands_against(
+    kind: &str,
+    url: &str,
+    driver_options: String,
+    backend: Box<dyn Backend>,
+) -> Result<()> {
     let exchange = unique("cli_ex");
     let topic = unique("cli");
     let config = temp_config(&format!(
-        "[DEFAULT]\nrpc_backend = \"{kind}\"\ntransport_url = \"{url}\"\ncontrol_exchange = \"{exchange}\"\nrpc_response_timeout = 10\n"
+        "[DEFAULT]\nrpc_backend = \"{kind}\"\ntransport_url = \"{url}\"\ncontrol_exchange = \"{exchange}\"\nrpc_response_timeout = 10\n\n[{kind}]\n{driver_options}"
     ))?;
     let (tx, mut records) = mpsc::unbounded_channel::<(Value, Context)>();
     let endpoint = Endpoint::new()
@@ -400,6 +495,9 @@ async fn subcommands_against(kind: &str, url: &str, backend: Box<dyn Backend>) -
         })
         .method("fail", |_ctx, _: Value| async move {
             Err::<(), _>(EndpointError::new("InstanceNotFound", "no such instance"))
+        })
+        .stream_method("count", |_ctx, a: AddArgs| {
+            futures::stream::iter((a.a..a.b).map(Ok::<_, EndpointError>))
         })
         .method("record", move |ctx: Context, r: Record| {
             let tx = tx.clone();
@@ -440,6 +538,23 @@ async fn subcommands_against(kind: &str, url: &str, backend: Box<dyn Backend>) -
         text(&out.stdout)
     );
 
+    // A multicall's elements, one JSON line each.
+    let out = run(args(&[
+        "call",
+        &topic,
+        "count",
+        "--stream",
+        "--args",
+        r#"{"a": 1, "b": 4}"#,
+    ]))
+    .await?;
+    ensure!(out.status.code() == Some(0), "{}", text(&out.stderr));
+    ensure!(
+        text(&out.stdout) == "1\n2\n3\n",
+        "call --stream printed {:?}",
+        text(&out.stdout)
+    );
+
     let out = run(args(&["call", &topic, "fail"])).await?;
     ensure!(out.status.code() == Some(1), "exit {:?}", out.status.code());
     ensure!(
@@ -467,7 +582,7 @@ async fn subcommands_against(kind: &str, url: &str, backend: Box<dyn Backend>) -
 
     // A tap sees casts without taking them from the server (where the
     // backend can tap: AMQP 1.0 cannot bind a queue beside the servers').
-    let can_tap = kind == "kombu";
+    let can_tap = backend.transport().await?.capabilities().taps;
     let tap = if !can_tap {
         None
     } else {

@@ -7,12 +7,17 @@
 //! Needs the machine's RabbitMQ with its TLS listener and AMQP 1.0 plugin
 //! (`./scripts/test` sets them up); the SASL case also needs the Proton
 //! example broker (`NOVARPC_PROTON_URL`, started by `./scripts/test`).
+//! Another broker: `NOVARPC_TEST_RABBIT_URL` and `NOVARPC_TEST_AMQP1_URL`
+//! (their host and port are used), `NOVARPC_TEST_TLS_PORT` (default 5671)
+//! and `NOVARPC_TEST_RABBITMQCTL`, as for the conformance suite.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
+use novarpc_conformance::backends::{amqp1_env_options, amqp1_url, kombu_env_options, rabbit_url};
+use novarpc_conformance::faults::rabbitmqctl_argv;
 use novarpc_conformance::{tls_dir, unique};
 
 /// A permanent failure must be reported within this.
@@ -95,6 +100,29 @@ fn qpid_config(url: &str, extra: &str) -> String {
     )
 }
 
+/// `host:port` of a transport URL (no credentials, no virtual host).
+fn authority(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest).to_owned()
+}
+
+/// The broker under test's AMQP 0-9-1 address.
+fn kombu_at() -> String {
+    authority(&rabbit_url())
+}
+
+/// The broker under test's AMQP 1.0 address.
+fn qpid_at() -> String {
+    authority(&amqp1_url())
+}
+
+/// Its TLS listener, at `localhost` (the certificate's name).
+fn tls_at() -> String {
+    let port = std::env::var("NOVARPC_TEST_TLS_PORT").unwrap_or_else(|_| "5671".into());
+    format!("localhost:{port}")
+}
+
 /// A port nothing listens on.
 fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
@@ -108,7 +136,10 @@ fn kombu_failures_exit_4_naming_the_cause() -> Result<()> {
     let port = closed_port();
     fails_promptly(
         "kombu wrong password",
-        &kombu_config("rabbit://guest:not-the-password@127.0.0.1:5672/", ""),
+        &kombu_config(
+            &format!("rabbit://guest:not-the-password@{}/", kombu_at()),
+            "",
+        ),
         &["authentication failed"],
     )?;
     fails_promptly(
@@ -118,7 +149,10 @@ fn kombu_failures_exit_4_naming_the_cause() -> Result<()> {
     )?;
     fails_promptly(
         "kombu unknown vhost",
-        &kombu_config("rabbit://guest:guest@127.0.0.1:5672/no_such_vhost", ""),
+        &kombu_config(
+            &format!("rabbit://guest:guest@{}/no_such_vhost", kombu_at()),
+            "",
+        ),
         &["access refused"],
     )?;
     // RabbitMQ offers AMQPLAIN and PLAIN, not EXTERNAL (without its
@@ -126,7 +160,7 @@ fn kombu_failures_exit_4_naming_the_cause() -> Result<()> {
     fails_promptly(
         "kombu SASL mechanism not offered",
         &kombu_config(
-            "rabbit://guest:guest@127.0.0.1:5672/",
+            &format!("rabbit://guest:guest@{}/", kombu_at()),
             "login_method = \"EXTERNAL\"\n",
         ),
         &["does not offer the SASL mechanism EXTERNAL; it offers"],
@@ -134,7 +168,10 @@ fn kombu_failures_exit_4_naming_the_cause() -> Result<()> {
     // The broker's CA is not trusted: the system roots are used.
     fails_promptly(
         "kombu untrusted certificate",
-        &kombu_config("rabbit://guest:guest@localhost:5671/", "ssl = true\n"),
+        &kombu_config(
+            &format!("rabbit://guest:guest@{}/", tls_at()),
+            "ssl = true\n",
+        ),
         &["TLS"],
     )?;
     drop(ca);
@@ -150,7 +187,7 @@ fn qpid_failures_exit_4_naming_the_cause() -> Result<()> {
     // 3 s (python-qpid-proton waits as long): the broker sets this bound.
     fails_within(
         "qpid wrong password",
-        &qpid_config("amqp://guest:not-the-password@127.0.0.1:5672/", ""),
+        &qpid_config(&format!("amqp://guest:not-the-password@{}/", qpid_at()), ""),
         &["authentication failed"],
         Duration::from_secs(4),
     )?;
@@ -161,12 +198,15 @@ fn qpid_failures_exit_4_naming_the_cause() -> Result<()> {
     )?;
     fails_promptly(
         "qpid unknown vhost",
-        &qpid_config("amqp://guest:guest@127.0.0.1:5672/no_such_vhost", ""),
+        &qpid_config(
+            &format!("amqp://guest:guest@{}/no_such_vhost", qpid_at()),
+            "",
+        ),
         &["access refused", "authentication failed"],
     )?;
     fails_promptly(
         "qpid untrusted certificate",
-        &qpid_config("amqps://guest:guest@localhost:5671/", ""),
+        &qpid_config(&format!("amqps://guest:guest@{}/", tls_at()), ""),
         &["TLS"],
     )?;
     // The Proton example broker offers ANONYMOUS only.
@@ -185,7 +225,14 @@ fn qpid_failures_exit_4_naming_the_cause() -> Result<()> {
 
 /// Everything printed at `RUST_LOG=trace` by a succeeding and a failing
 /// `ping`, scanned for the password (as text and as the bytes lapin dumps).
-fn password_never_printed(backend: &str, scheme: &str) -> Result<()> {
+/// `driver_options`: what the broker under test needs (RabbitMQ 4's quorum
+/// reply queues, an AMQP 1.0 addressing profile).
+fn password_never_printed(
+    backend: &str,
+    scheme: &str,
+    at: &str,
+    driver_options: &str,
+) -> Result<()> {
     let user = unique("trace_user");
     let password = format!("Pw{}", unique("x").replace('_', ""));
     rabbitmqctl(&["add_user", &user, &password])?;
@@ -193,7 +240,7 @@ fn password_never_printed(backend: &str, scheme: &str) -> Result<()> {
     let result = (|| {
         let config = |password: &str| {
             format!(
-                "[DEFAULT]\nrpc_backend = \"{backend}\"\ntransport_url = \"{scheme}://{user}:{password}@127.0.0.1:5672/\"\n[{backend}]\nmax_retries = 0\n"
+                "[DEFAULT]\nrpc_backend = \"{backend}\"\ntransport_url = \"{scheme}://{user}:{password}@{at}/\"\n[{backend}]\nmax_retries = 0\n{driver_options}"
             )
         };
         let wrong = format!("{password}Wrong");
@@ -235,7 +282,9 @@ fn password_never_printed(backend: &str, scheme: &str) -> Result<()> {
 }
 
 fn rabbitmqctl(args: &[&str]) -> Result<()> {
-    let status = Command::new("rabbitmqctl")
+    let argv = rabbitmqctl_argv();
+    let status = Command::new(&argv[0])
+        .args(&argv[1..])
         .arg("-q")
         .args(args)
         .stdout(std::process::Stdio::null())
@@ -248,11 +297,11 @@ fn rabbitmqctl(args: &[&str]) -> Result<()> {
 #[test]
 #[ignore = "needs RabbitMQ with AMQP 1.0: run ./scripts/test"]
 fn kombu_trace_never_prints_the_password() -> Result<()> {
-    password_never_printed("kombu", "rabbit")
+    password_never_printed("kombu", "rabbit", &kombu_at(), &kombu_env_options())
 }
 
 #[test]
 #[ignore = "needs RabbitMQ with AMQP 1.0: run ./scripts/test"]
 fn qpid_trace_never_prints_the_password() -> Result<()> {
-    password_never_printed("qpid", "amqp")
+    password_never_printed("qpid", "amqp", &qpid_at(), &amqp1_env_options())
 }

@@ -14,11 +14,13 @@
 //! not mistaken for a unary `null` result. oslo clients ignore the key.
 
 use std::fmt;
+use std::io;
 
 use bytes::Bytes;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::ser::CharEscape;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -35,43 +37,86 @@ const CONTEXT_PREFIX: &str = "_context_";
 /// An outgoing request, borrowed from the caller so nothing is copied before encoding.
 #[derive(Clone, Copy, Debug)]
 pub struct Request<'a> {
+    /// The endpoint method to invoke (`method`).
     pub method: &'a str,
     /// Keyword arguments: a serialized JSON object.
     pub args: &'a RawValue,
+    /// The target's namespace (`namespace`), which selects the endpoints that
+    /// may handle it; omitted from the message when `None`.
     pub namespace: Option<&'a str>,
+    /// The API version the caller requires (`version`), checked against the
+    /// endpoint's; omitted from the message when `None`.
     pub version: Option<&'a str>,
+    /// The request context, written as `_context_<key>` entries.
     pub context: &'a Context,
+}
+
+impl<'a> Request<'a> {
+    fn typed(&self) -> TypedRequest<'a, RawValue> {
+        TypedRequest {
+            method: self.method,
+            args: self.args,
+            namespace: self.namespace,
+            version: self.version,
+            context: self.context,
+        }
+    }
+}
+
+/// A [`Request`] whose arguments are the caller's value, serialized straight
+/// into the message.
+pub(crate) struct TypedRequest<'a, A: ?Sized> {
+    pub(crate) method: &'a str,
+    pub(crate) args: &'a A,
+    pub(crate) namespace: Option<&'a str>,
+    pub(crate) version: Option<&'a str>,
+    pub(crate) context: &'a Context,
 }
 
 /// What a driver adds to a request that expects a reply.
 #[derive(Clone, Copy, Debug)]
 pub struct CallHeader<'a> {
+    /// The call's id (`_msg_id`), which every reply carries so the caller can
+    /// correlate it.
     pub msg_id: &'a str,
+    /// The queue the server sends replies to (`_reply_q`).
     pub reply_q: &'a str,
 }
 
 /// A request as a server receives it.
 #[derive(Debug)]
 pub struct IncomingRequest {
+    /// The endpoint method to invoke.
     pub method: String,
+    /// Keyword arguments: always a JSON object (`{}` when the message had none).
     pub args: Box<RawValue>,
+    /// The target namespace, if the caller set one.
     pub namespace: Option<String>,
+    /// The API version the caller requires, if it set one.
     pub version: Option<String>,
+    /// The request context, rebuilt from the `_context_<key>` entries.
     pub context: Context,
     /// Present on calls: the id replies must carry.
     pub msg_id: Option<String>,
     /// Present on calls: the queue replies go to.
     pub reply_q: Option<String>,
+    /// The message's `_unique_id`, by which servers drop redelivered
+    /// duplicates; `None` if the sender wrote none.
     pub unique_id: Option<String>,
 }
 
 /// A reply as a caller receives it.
 #[derive(Debug)]
 pub struct Reply {
+    /// The id of the call this reply answers (`_msg_id`).
     pub msg_id: String,
+    /// The returned value, or a stream element; `None` when the reply has no
+    /// `result` (a failure, a heartbeat, or a JSON `null` result).
     pub result: Option<Box<RawValue>>,
     /// The oslo-serialized failure (a JSON document in a string).
     pub failure: Option<String>,
+    /// Whether this is the call's last reply; `false` on multicall stream
+    /// elements and heartbeats.
     pub ending: bool,
     /// novarpc multicall: the position of a stream element, or on the final
     /// reply of a stream the number of elements.
@@ -89,21 +134,30 @@ impl Reply {
 /// "args", "kwargs"}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RemoteFailure {
+    /// The exception's class name (e.g. `NoSuchMethod`).
     pub class: String,
+    /// The Python module that defines the class, so oslo clients can rebuild
+    /// the exception; empty if the sender gave none.
     #[serde(default)]
     pub module: String,
+    /// The human-readable error message.
     #[serde(default)]
     pub message: String,
     /// Traceback lines, as Python's `traceback.format_exception` gives them.
     #[serde(default)]
     pub tb: Vec<String>,
+    /// The exception's positional arguments (by [`RemoteFailure::new`], the message).
     #[serde(default)]
     pub args: Vec<Value>,
+    /// The exception's keyword arguments.
     #[serde(default)]
     pub kwargs: Map<String, Value>,
 }
 
 impl RemoteFailure {
+    /// A failure of exception `class` from `module` with `message`, which is
+    /// also its only positional argument (as a Python exception's `args`); no
+    /// traceback or keyword arguments.
     pub fn new(
         class: impl Into<String>,
         module: impl Into<String>,
@@ -146,57 +200,323 @@ fn unique_id_buf(buf: &mut [u8; 32]) -> &str {
     uuid::Uuid::new_v4().simple().encode_lower(buf)
 }
 
-/// Serializes the inner message into a buffer sized for it up front.
-fn to_inner_string<T: Serialize>(value: &T, size_hint: usize) -> String {
-    let mut buf = Vec::with_capacity(size_hint + 192);
-    serde_json::to_writer(&mut buf, value).expect("message serializes");
-    // serde_json writes only valid UTF-8.
-    String::from_utf8(buf).expect("JSON is UTF-8")
+/// The envelope's opening, up to the `oslo.message` string's first byte, as
+/// novarpc writes it (serde_json's compact form, the bytes novarpc has always sent).
+const PREFIX: &[u8] = br#"{"oslo.version":"2.0","oslo.message":""#;
+/// The same opening as oslo.messaging writes it (Python's `json.dumps` spacing).
+const PREFIX_SPACED: &[u8] = br#"{"oslo.version": "2.0", "oslo.message": ""#;
+/// The end of the `oslo.message` string and of the envelope.
+const SUFFIX: &[u8] = b"\"}";
+
+/// A compact JSON formatter whose output is already escaped as the contents
+/// of a JSON string: the inner message is written once, straight into the
+/// envelope's `oslo.message` string, instead of being serialized and then
+/// escaped by a second pass. The bytes are the same as that of the two passes
+/// (checked against them in the tests).
+struct Escaped;
+
+impl serde_json::ser::Formatter for Escaped {
+    fn begin_string<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        writer.write_all(b"\\\"")
+    }
+
+    fn end_string<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        writer.write_all(b"\\\"")
+    }
+
+    // String fragments hold no quote, backslash or control character (serde_json
+    // splits those off as escapes), so the default write is already escaped.
+
+    fn write_char_escape<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        escape: CharEscape,
+    ) -> io::Result<()> {
+        // The inner escape `\x` escaped again: its backslash becomes `\\`, a
+        // quote `\"`.
+        let escaped: &[u8] = match escape {
+            CharEscape::Quote => b"\\\\\\\"",
+            CharEscape::ReverseSolidus => b"\\\\\\\\",
+            CharEscape::Solidus => b"\\\\/",
+            CharEscape::Backspace => b"\\\\b",
+            CharEscape::FormFeed => b"\\\\f",
+            CharEscape::LineFeed => b"\\\\n",
+            CharEscape::CarriageReturn => b"\\\\r",
+            CharEscape::Tab => b"\\\\t",
+            CharEscape::AsciiControl(byte) => {
+                writer.write_all(b"\\")?;
+                return writer.write_all(&unicode_escape(byte));
+            }
+        };
+        writer.write_all(escaped)
+    }
+
+    fn write_raw_fragment<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
+        escape_into(writer, fragment.as_bytes())
+    }
 }
 
-fn wrap(inner: &str) -> Bytes {
-    #[derive(Serialize)]
-    struct Outer<'a> {
-        #[serde(rename = "oslo.version")]
-        version: &'a str,
-        #[serde(rename = "oslo.message")]
-        message: &'a str,
+const HEX_DIGITS: [u8; 16] = *b"0123456789abcdef";
+
+/// `\u00xx`, serde_json's escape of a control character without a short one.
+fn unicode_escape(byte: u8) -> [u8; 6] {
+    [
+        b'\\',
+        b'u',
+        b'0',
+        b'0',
+        HEX_DIGITS[usize::from(byte >> 4)],
+        HEX_DIGITS[usize::from(byte & 0xf)],
+    ]
+}
+
+/// The position of the first byte that a JSON string cannot hold as it is: a
+/// quote, a backslash or a control character. Eight bytes at a time (the
+/// runs between escapes in an inner message are short, too short for
+/// memchr's vector loops to pay off): in each word, the lowest byte flagged
+/// by the has-zero-byte and has-byte-less-than tricks is exact (false
+/// positives only appear above a true one).
+fn find_special(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let mut chunks = bytes.chunks_exact(8);
+    for (i, chunk) in chunks.by_ref().enumerate() {
+        let x = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let found = zero_byte(x ^ (ONES * u64::from(b'"')))
+            | zero_byte(x ^ (ONES * u64::from(b'\\')))
+            | (x.wrapping_sub(ONES * 0x20) & !x & HIGHS);
+        if found != 0 {
+            return Some(i * 8 + (found.trailing_zeros() / 8) as usize);
+        }
     }
-    let outer = Outer {
-        version: ENVELOPE_VERSION,
-        message: inner,
-    };
-    // Escaping adds a backslash per quote: leave room for it.
-    let mut buf = Vec::with_capacity(inner.len() + inner.len() / 4 + 48);
-    // Serializing a struct of two strings cannot fail.
-    serde_json::to_writer(&mut buf, &outer).expect("envelope serializes");
-    Bytes::from(buf)
+    let rest = chunks.remainder();
+    rest.iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .map(|at| bytes.len() - rest.len() + at)
+}
+
+/// Writes `bytes` escaped as the contents of a JSON string, as serde_json
+/// escapes strings: `\"`, `\\`, the short escapes of `\b \t \n \f \r`, and
+/// `\u00xx` for the other control characters.
+fn escape_into<W: ?Sized + io::Write>(writer: &mut W, mut bytes: &[u8]) -> io::Result<()> {
+    loop {
+        let stop = find_special(bytes).unwrap_or(bytes.len());
+        writer.write_all(&bytes[..stop])?;
+        let Some(&byte) = bytes.get(stop) else {
+            return Ok(());
+        };
+        let short = match byte {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            0x08 => b'b',
+            0x09 => b't',
+            0x0a => b'n',
+            0x0c => b'f',
+            0x0d => b'r',
+            _ => 0,
+        };
+        if short != 0 {
+            writer.write_all(&[b'\\', short])?;
+        } else {
+            writer.write_all(&unicode_escape(byte))?;
+        }
+        bytes = &bytes[stop + 1..];
+    }
+}
+
+/// An envelope being written: the prefix, then the inner message escaped as
+/// it is serialized, then [`SUFFIX`].
+struct Body {
+    buf: Vec<u8>,
+}
+
+impl Body {
+    /// A body with room for an inner message of about `inner_len` bytes.
+    fn with_capacity(inner_len: usize) -> Self {
+        // Escaping adds a backslash per quote: leave room for it.
+        let mut buf = Vec::with_capacity(PREFIX.len() + inner_len + inner_len / 4 + 256);
+        buf.extend_from_slice(PREFIX);
+        Body { buf }
+    }
+
+    /// Appends bytes that are already escaped (constant keys and punctuation).
+    fn raw(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Appends a JSON value, escaped.
+    fn value<T: Serialize + ?Sized>(&mut self, value: &T) -> serde_json::Result<()> {
+        value.serialize(&mut serde_json::Serializer::with_formatter(
+            &mut self.buf,
+            Escaped,
+        ))
+    }
+
+    fn finish(mut self) -> Bytes {
+        self.buf.extend_from_slice(SUFFIX);
+        Bytes::from(self.buf)
+    }
+}
+
+/// Encodes `inner` in the envelope in one pass.
+fn enveloped<T: Serialize + ?Sized>(inner: &T, inner_len: usize) -> serde_json::Result<Bytes> {
+    if cfg!(feature = "envelope-fast-path") {
+        enveloped_fast(inner, inner_len)
+    } else {
+        reference::enveloped(inner, inner_len)
+    }
+}
+
+fn enveloped_fast<T: Serialize + ?Sized>(inner: &T, inner_len: usize) -> serde_json::Result<Bytes> {
+    let mut body = Body::with_capacity(inner_len);
+    body.value(inner)?;
+    Ok(body.finish())
 }
 
 /// Returns the inner message of an envelope (or the legacy un-enveloped body).
 fn unwrap(body: &[u8]) -> Result<Inner<'_>, Error> {
-    #[derive(Deserialize)]
-    struct Outer {
-        #[serde(rename = "oslo.version")]
-        version: Option<String>,
-        #[serde(rename = "oslo.message")]
-        message: Option<String>,
-    }
-    let outer: Outer = serde_json::from_slice(body)
-        .map_err(|e| Error::MalformedMessage(format!("body is not a JSON object: {e}")))?;
-    match (outer.version, outer.message) {
-        (Some(version), Some(message)) => {
-            if version.split('.').next() != Some("2") {
-                return Err(Error::MalformedMessage(format!(
-                    "unsupported envelope version `{version}` (expected 2.x)"
-                )));
-            }
-            Ok(Inner::Owned(message))
+    if cfg!(feature = "envelope-fast-path") {
+        if let Some(inner) = unwrap_fast(body) {
+            return Ok(Inner::Owned(inner));
         }
-        (None, None) => Ok(Inner::Legacy(body)),
-        _ => Err(Error::MalformedMessage(
-            "envelope needs both `oslo.version` and `oslo.message`".into(),
-        )),
+    }
+    reference::unwrap(body)
+}
+
+/// The fast path of [`unwrap`]: a body that starts with the envelope prefix
+/// (as novarpc or oslo.messaging write it) and ends right after the
+/// `oslo.message` string, whose contents are unescaped in one pass. `None` for
+/// anything else (other key orders or spacing, `\u` escapes, invalid escapes,
+/// raw control characters, invalid UTF-8, trailing keys or bytes), which
+/// serde_json then decodes, or rejects, as it always has.
+fn unwrap_fast(body: &[u8]) -> Option<String> {
+    let rest = body
+        .strip_prefix(PREFIX)
+        .or_else(|| body.strip_prefix(PREFIX_SPACED))?;
+    let mut inner = Vec::with_capacity(rest.len());
+    let mut at = 0;
+    let end = loop {
+        let next = at + find_special(&rest[at..])?;
+        inner.extend_from_slice(&rest[at..next]);
+        match rest[next] {
+            b'"' => break next + 1,
+            b'\\' => {}
+            // A raw control character: invalid JSON, which serde_json reports.
+            _ => return None,
+        }
+        inner.push(match *rest.get(next + 1)? {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'/' => b'/',
+            b'b' => 0x08,
+            b'f' => 0x0c,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            // `\uXXXX` (never written by serde_json or oslo's `json.dumps`
+            // for an inner message) and invalid escapes: serde_json decides.
+            _ => return None,
+        });
+        at = next + 2;
+    };
+    let is_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let mut tail = rest[end..].iter();
+    let close = tail.by_ref().find(|b| !is_space(b))?;
+    if *close != b'}' || !tail.all(is_space) {
+        return None;
+    }
+    // An escape only adds ASCII, so the inner message is valid UTF-8 exactly
+    // when the string's raw bytes are.
+    String::from_utf8(inner).ok()
+}
+
+/// The envelope by serde_json alone, in two passes: the encoding novarpc
+/// always had, the decoding of anything the fast path leaves, and the
+/// reference the fast path is checked against.
+mod reference {
+    use super::*;
+
+    pub(super) fn enveloped<T: Serialize + ?Sized>(
+        inner: &T,
+        inner_len: usize,
+    ) -> serde_json::Result<Bytes> {
+        let mut buf = Vec::with_capacity(inner_len + 192);
+        serde_json::to_writer(&mut buf, inner)?;
+        // serde_json writes only valid UTF-8.
+        let inner = String::from_utf8(buf).expect("JSON is UTF-8");
+        Ok(wrap(&inner))
+    }
+
+    /// A request as [`super::write_request`] writes it.
+    pub(super) fn request<A: Serialize + ?Sized>(
+        request: &TypedRequest<'_, A>,
+        call: Option<CallHeader<'_>>,
+        unique_id: &str,
+    ) -> serde_json::Result<(Bytes, bool)> {
+        let args = serde_json::value::to_raw_value(request.args)?;
+        let is_object = args.get().starts_with('{');
+        let raw = TypedRequest {
+            method: request.method,
+            args: &*args,
+            namespace: request.namespace,
+            version: request.version,
+            context: request.context,
+        };
+        let inner = InnerRequest {
+            request: &raw,
+            call,
+            unique_id,
+        };
+        Ok((enveloped(&inner, args.get().len())?, is_object))
+    }
+
+    pub(super) fn wrap(inner: &str) -> Bytes {
+        #[derive(Serialize)]
+        struct Outer<'a> {
+            #[serde(rename = "oslo.version")]
+            version: &'a str,
+            #[serde(rename = "oslo.message")]
+            message: &'a str,
+        }
+        let outer = Outer {
+            version: ENVELOPE_VERSION,
+            message: inner,
+        };
+        let mut buf = Vec::with_capacity(inner.len() + inner.len() / 4 + 48);
+        // Serializing a struct of two strings cannot fail.
+        serde_json::to_writer(&mut buf, &outer).expect("envelope serializes");
+        Bytes::from(buf)
+    }
+
+    pub(super) fn unwrap(body: &[u8]) -> Result<Inner<'_>, Error> {
+        #[derive(Deserialize)]
+        struct Outer {
+            #[serde(rename = "oslo.version")]
+            version: Option<String>,
+            #[serde(rename = "oslo.message")]
+            message: Option<String>,
+        }
+        let outer: Outer = serde_json::from_slice(body)
+            .map_err(|e| Error::MalformedMessage(format!("body is not a JSON object: {e}")))?;
+        match (outer.version, outer.message) {
+            (Some(version), Some(message)) => {
+                if version.split('.').next() != Some("2") {
+                    return Err(Error::MalformedMessage(format!(
+                        "unsupported envelope version `{version}` (expected 2.x)"
+                    )));
+                }
+                Ok(Inner::Owned(message))
+            }
+            (None, None) => Ok(Inner::Legacy(body)),
+            _ => Err(Error::MalformedMessage(
+                "envelope needs both `oslo.version` and `oslo.message`".into(),
+            )),
+        }
     }
 }
 
@@ -227,7 +547,7 @@ fn serialize_context<M: SerializeMap>(map: &mut M, context: &Context) -> Result<
 }
 
 struct InnerRequest<'a> {
-    request: &'a Request<'a>,
+    request: &'a TypedRequest<'a, RawValue>,
     call: Option<CallHeader<'a>>,
     unique_id: &'a str,
 }
@@ -255,16 +575,100 @@ impl Serialize for InnerRequest<'_> {
     }
 }
 
+/// Why a request's arguments could not be encoded.
+#[derive(Debug)]
+pub(crate) enum ArgsError {
+    /// They do not serialize.
+    Serialize(serde_json::Error),
+    /// They serialize to something other than a JSON object.
+    NotAnObject,
+}
+
 /// Encodes a request (a cast when `call` is `None`) in the oslo envelope.
 pub fn encode_request(request: &Request<'_>, call: Option<CallHeader<'_>>) -> Bytes {
+    // A raw value is JSON and keys are strings: this cannot fail.
+    encode_any_request(&request.typed(), call)
+        .expect("a raw request serializes")
+        .0
+}
+
+/// Encodes a request, its arguments serialized straight into the message;
+/// they must serialize to a JSON object.
+pub(crate) fn encode_request_with<A: Serialize + ?Sized>(
+    request: &TypedRequest<'_, A>,
+    call: Option<CallHeader<'_>>,
+) -> Result<Bytes, ArgsError> {
+    match encode_any_request(request, call) {
+        Ok((body, true)) => Ok(body),
+        Ok((_, false)) => Err(ArgsError::NotAnObject),
+        Err(error) => Err(ArgsError::Serialize(error)),
+    }
+}
+
+/// Encodes a request; says whether its arguments were a JSON object.
+fn encode_any_request<A: Serialize + ?Sized>(
+    request: &TypedRequest<'_, A>,
+    call: Option<CallHeader<'_>>,
+) -> serde_json::Result<(Bytes, bool)> {
     let mut id = [0u8; 32];
-    let inner = InnerRequest {
-        request,
-        call,
-        unique_id: unique_id_buf(&mut id),
-    };
-    // Keys are strings and values are already JSON: this cannot fail.
-    wrap(&to_inner_string(&inner, request.args.get().len()))
+    let unique_id = unique_id_buf(&mut id);
+    if cfg!(feature = "envelope-fast-path") {
+        write_request(request, call, unique_id)
+    } else {
+        reference::request(request, call, unique_id)
+    }
+}
+
+/// The fast path of [`encode_any_request`].
+fn write_request<A: Serialize + ?Sized>(
+    request: &TypedRequest<'_, A>,
+    call: Option<CallHeader<'_>>,
+    unique_id: &str,
+) -> serde_json::Result<(Bytes, bool)> {
+    // The keys and order of `InnerRequest`, written by hand so the arguments
+    // can be checked where they land.
+    let mut body = Body::with_capacity(256 + 64 * request.context.len());
+    body.raw(b"{\\\"method\\\":");
+    body.value(request.method)?;
+    body.raw(b",\\\"args\\\":");
+    let args_at = body.buf.len();
+    body.value(request.args)?;
+    let is_object = body.buf.get(args_at) == Some(&b'{');
+    if let Some(namespace) = request.namespace {
+        body.raw(b",\\\"namespace\\\":");
+        body.value(namespace)?;
+    }
+    if let Some(version) = request.version {
+        body.raw(b",\\\"version\\\":");
+        body.value(version)?;
+    }
+    if let Some(call) = &call {
+        body.raw(b",\\\"_msg_id\\\":");
+        body.value(call.msg_id)?;
+        body.raw(b",\\\"_reply_q\\\":");
+        body.value(call.reply_q)?;
+        body.raw(b",\\\"_timeout\\\":null");
+    }
+    body.raw(b",\\\"_unique_id\\\":");
+    body.value(unique_id)?;
+    write_context(&mut body, request.context)?;
+    body.raw(b"}");
+    Ok((body.finish(), is_object))
+}
+
+/// Appends the context's `_context_<key>` entries (after at least one entry).
+fn write_context(body: &mut Body, context: &Context) -> serde_json::Result<()> {
+    let mut key = String::new();
+    for (k, v) in context {
+        key.clear();
+        key.push_str(CONTEXT_PREFIX);
+        key.push_str(k);
+        body.raw(b",");
+        body.value(&key)?;
+        body.raw(b":");
+        body.value(v)?;
+    }
+    Ok(())
 }
 
 /// Decodes a request body; anything that is not an oslo request is
@@ -284,47 +688,74 @@ impl<'de> Deserialize<'de> for IncomingRequest {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut method = None;
                 let mut args: Option<Box<RawValue>> = None;
-                let mut request = IncomingRequest {
-                    method: String::new(),
-                    args: empty_object(),
-                    namespace: None,
-                    version: None,
-                    context: Context::new(),
-                    msg_id: None,
-                    reply_q: None,
-                    unique_id: None,
-                };
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                let (mut namespace, mut version) = (None, None);
+                let (mut msg_id, mut reply_q, mut unique_id) = (None, None, None);
+                let mut context = Context::new();
+                while let Some(KeyName(key)) = map.next_key()? {
                     match &*key {
                         "method" => method = Some(map.next_value::<String>()?),
                         "args" => args = Some(map.next_value()?),
-                        "namespace" => request.namespace = map.next_value()?,
-                        "version" => request.version = map.next_value()?,
-                        "_msg_id" => request.msg_id = map.next_value()?,
-                        "_reply_q" => request.reply_q = map.next_value()?,
-                        "_unique_id" => request.unique_id = map.next_value()?,
+                        "namespace" => namespace = map.next_value()?,
+                        "version" => version = map.next_value()?,
+                        "_msg_id" => msg_id = map.next_value()?,
+                        "_reply_q" => reply_q = map.next_value()?,
+                        "_unique_id" => unique_id = map.next_value()?,
                         k if k.starts_with(CONTEXT_PREFIX) => {
                             let value: Value = map.next_value()?;
-                            request
-                                .context
-                                .insert(k[CONTEXT_PREFIX.len()..].to_owned(), value);
+                            context.insert(k[CONTEXT_PREFIX.len()..].to_owned(), value);
                         }
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                         }
                     }
                 }
-                request.method = method.ok_or_else(|| de::Error::missing_field("method"))?;
-                if let Some(args) = args {
-                    if !args.get().trim_start().starts_with('{') {
+                let method = method.ok_or_else(|| de::Error::missing_field("method"))?;
+                let args = match args {
+                    Some(args) if !args.get().trim_start().starts_with('{') => {
                         return Err(de::Error::custom("`args` must be an object"));
                     }
-                    request.args = args;
-                }
-                Ok(request)
+                    Some(args) => args,
+                    None => empty_object(),
+                };
+                Ok(IncomingRequest {
+                    method,
+                    args,
+                    namespace,
+                    version,
+                    context,
+                    msg_id,
+                    reply_q,
+                    unique_id,
+                })
             }
         }
         deserializer.deserialize_map(RequestVisitor)
+    }
+}
+
+/// A key of a received message, borrowed from it unless it has escapes
+/// (serde's `Cow<str>` always copies).
+struct KeyName<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for KeyName<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = KeyName<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, key: &'de str) -> Result<Self::Value, E> {
+                Ok(KeyName(key.into()))
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+                Ok(KeyName(key.to_owned().into()))
+            }
+            fn visit_string<E: de::Error>(self, key: String) -> Result<Self::Value, E> {
+                Ok(KeyName(key.into()))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
     }
 }
 
@@ -345,9 +776,17 @@ pub enum ReplyBody<'a> {
     /// The call failed.
     Failure(&'a RemoteFailure),
     /// One element of a multicall stream.
-    StreamItem { seq: u64, value: &'a RawValue },
+    StreamItem {
+        /// The element's position in the stream, written as `_seq`.
+        seq: u64,
+        /// The element's value.
+        value: &'a RawValue,
+    },
     /// The end of a multicall stream of `count` elements.
-    End { count: u64 },
+    End {
+        /// How many elements the stream had, written as `_seq`.
+        count: u64,
+    },
     /// oslo's call-monitor heartbeat.
     Heartbeat,
 }
@@ -405,7 +844,8 @@ pub fn encode_reply(msg_id: &str, body: ReplyBody<'_>) -> Bytes {
         failure,
         unique_id: unique_id_buf(&mut id),
     };
-    wrap(&to_inner_string(&inner, size_hint))
+    // Values are already JSON and keys are strings: this cannot fail.
+    enveloped(&inner, size_hint).expect("a reply serializes")
 }
 
 /// Decodes a reply body.
@@ -442,10 +882,15 @@ pub fn decode_failure(failure: &str) -> Result<RemoteFailure, Error> {
 /// An outgoing notification.
 #[derive(Clone, Copy, Debug)]
 pub struct OutgoingNotification<'a> {
+    /// Who sends it (oslo's `publisher_id`, e.g. `compute.host1`).
     pub publisher_id: &'a str,
+    /// What happened (e.g. `compute.instance.create.end`).
     pub event_type: &'a str,
+    /// Its priority, which also picks where it is sent (`<topic>.<priority>`).
     pub priority: Priority,
+    /// The event's data: any serialized JSON value.
     pub payload: &'a RawValue,
+    /// The request context, written as `_context_<key>` entries.
     pub context: &'a Context,
 }
 
@@ -487,18 +932,26 @@ pub fn encode_notification(notification: &OutgoingNotification<'_>) -> Bytes {
         timestamp: &timestamp,
         unique_id: unique_id_buf(&mut id),
     };
-    wrap(&to_inner_string(&inner, notification.payload.get().len()))
+    enveloped(&inner, notification.payload.get().len()).expect("a notification serializes")
 }
 
 /// A notification as a listener receives it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct IncomingNotification {
+    /// The id the notifier gave it (a hyphenated uuid4 from novarpc and oslo).
     pub message_id: String,
+    /// Who sent it.
     pub publisher_id: String,
+    /// What happened.
     pub event_type: String,
+    /// Its priority.
     pub priority: Priority,
+    /// The event's data (`null` if the message had none).
     pub payload: Value,
+    /// When it was sent, as the notifier wrote it (oslo: UTC,
+    /// `YYYY-MM-DD HH:MM:SS.ffffff`); empty if the message had none.
     pub timestamp: String,
+    /// The request context, rebuilt from the `_context_<key>` entries.
     pub context: Context,
 }
 
@@ -639,5 +1092,234 @@ mod tests {
         assert_eq!(n.priority, Priority::Info);
         assert_eq!(n.payload["instance"], "i-1");
         assert_eq!(n.timestamp.len(), "2026-01-01 00:00:00.000000".len());
+    }
+
+    /// The fast path against serde_json's two passes, on every input,
+    /// hostile ones included.
+    mod fast_path {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Strings made of the pieces that trouble escaping: quotes,
+        /// backslashes, control characters, escapes (valid, invalid,
+        /// surrogates), non-ASCII and the envelope's own punctuation.
+        fn hostile_text() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just("\"".to_owned()),
+                Just("\\".to_owned()),
+                Just("\\\"".to_owned()),
+                Just("\\\\".to_owned()),
+                Just("\\u0041".to_owned()),
+                Just("\\ud83d\\ude00".to_owned()),
+                Just("\\ud800".to_owned()),
+                Just("\\udc00x".to_owned()),
+                Just("\\x".to_owned()),
+                Just("\\/".to_owned()),
+                Just("\\n\\t\\b\\f\\r".to_owned()),
+                Just("\n\t\u{0}\u{1f}\u{7f}".to_owned()),
+                Just("}\"{".to_owned()),
+                Just("é\u{2028}\u{10ffff}😀".to_owned()),
+                Just(" ".to_owned()),
+                any::<String>(),
+                "[a-z]{0,8}",
+            ];
+            proptest::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
+        }
+
+        /// JSON values with hostile strings and keys, numbers of every kind.
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                // Floats that survive a round trip through text exactly.
+                any::<i32>().prop_map(|i| Value::from(f64::from(i) / 8.0)),
+                hostile_text().prop_map(Value::from),
+            ];
+            leaf.prop_recursive(3, 32, 6, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                    proptest::collection::btree_map(hostile_text(), inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// Bodies: real envelopes (compact and oslo-spaced) of hostile inner
+        /// text, then those bytes cut, or with bytes replaced or inserted.
+        fn envelope() -> impl Strategy<Value = Vec<u8>> {
+            (hostile_text(), any::<bool>()).prop_map(|(inner, spaced)| {
+                let body = reference::wrap(&inner).to_vec();
+                if spaced {
+                    [PREFIX_SPACED, &body[PREFIX.len()..]].concat()
+                } else {
+                    body
+                }
+            })
+        }
+
+        fn body() -> impl Strategy<Value = Vec<u8>> {
+            let prefixed = (any::<bool>(), proptest::collection::vec(any::<u8>(), 0..48)).prop_map(
+                |(spaced, tail)| [if spaced { PREFIX_SPACED } else { PREFIX }, &tail[..]].concat(),
+            );
+            let damaged = (
+                envelope(),
+                any::<prop::sample::Index>(),
+                any::<u8>(),
+                0..3u8,
+            )
+                .prop_map(|(mut body, at, byte, how)| {
+                    let at = at.index(body.len() + 1);
+                    match how {
+                        0 => body.truncate(at),
+                        1 if at < body.len() => body[at] = byte,
+                        _ => body.insert(at, byte),
+                    }
+                    body
+                });
+            prop_oneof![envelope(), prefixed, damaged]
+        }
+
+        fn reference_message(body: &[u8]) -> Option<String> {
+            match reference::unwrap(body) {
+                Ok(Inner::Owned(message)) => Some(message),
+                _ => None,
+            }
+        }
+
+        // The decoding checks are cheap: many cases.
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(8192))]
+
+            #[test]
+            fn find_special_finds_the_first_quote_backslash_or_control(
+                bytes in proptest::collection::vec(
+                    prop_oneof![any::<u8>(), Just(b'"'), Just(b'\\'), 0x20u8..0x7f],
+                    0..40,
+                ),
+                skip in 0..8usize,
+            ) {
+                let bytes = &bytes[skip.min(bytes.len())..];
+                let naive = bytes.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+                prop_assert_eq!(find_special(bytes), naive);
+            }
+
+            #[test]
+            fn unwrap_agrees_with_serde_json(body in body()) {
+                if let Some(fast) = unwrap_fast(&body) {
+                    prop_assert_eq!(Some(fast), reference_message(&body));
+                }
+            }
+
+            #[test]
+            fn unwrap_takes_the_fast_path_for_what_novarpc_and_oslo_write(
+                inner in hostile_text(),
+            ) {
+                let body = reference::wrap(&inner);
+                // serde_json writes controls other than \b\t\n\f\r as \u00xx,
+                // which the fast path leaves to it.
+                let short = |c: char| c >= ' ' || "\u{8}\t\n\u{c}\r".contains(c);
+                if inner.chars().all(short) {
+                    prop_assert_eq!(unwrap_fast(&body), Some(inner.clone()));
+                    let spaced = [PREFIX_SPACED, &body[PREFIX.len()..]].concat();
+                    prop_assert_eq!(unwrap_fast(&spaced), Some(inner));
+                }
+            }
+
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            #[test]
+            fn enveloped_values_are_serde_json_bytes(
+                value in json_value(),
+                floats in proptest::collection::vec(any::<f64>(), 0..4),
+            ) {
+                for value in [value, Value::from(floats)] {
+                    prop_assert_eq!(
+                        enveloped_fast(&value, 0).unwrap(),
+                        reference::enveloped(&value, 0).unwrap()
+                    );
+                }
+            }
+
+            #[test]
+            fn requests_are_serde_json_bytes(
+                method in hostile_text(),
+                args in json_value(),
+                pretty in any::<bool>(),
+                namespace in proptest::option::of(hostile_text()),
+                version in proptest::option::of("[0-9]\\.[0-9]"),
+                context in proptest::collection::btree_map(hostile_text(), json_value(), 0..4),
+                call in any::<bool>(),
+            ) {
+                let context: Context = context.into_iter().collect();
+                // Raw arguments keep their whitespace (newlines included).
+                let text = if pretty {
+                    serde_json::to_string_pretty(&args).unwrap()
+                } else {
+                    serde_json::to_string(&args).unwrap()
+                };
+                let raw = RawValue::from_string(text).unwrap();
+                let call = call.then_some(CallHeader { msg_id: "m\"1", reply_q: "reply_\\q" });
+                let typed = TypedRequest {
+                    method: &method,
+                    args: &args,
+                    namespace: namespace.as_deref(),
+                    version: version.as_deref(),
+                    context: &context,
+                };
+                let raw_request = TypedRequest {
+                    method: &method,
+                    args: &*raw,
+                    namespace: namespace.as_deref(),
+                    version: version.as_deref(),
+                    context: &context,
+                };
+                let compact = serde_json::to_string(&args).unwrap();
+                for (fast, slow, args_text) in [
+                    (
+                        write_request(&typed, call, "u1"),
+                        reference::request(&typed, call, "u1"),
+                        compact.as_str(),
+                    ),
+                    (
+                        write_request(&raw_request, call, "u1"),
+                        reference::request(&raw_request, call, "u1"),
+                        raw.get(),
+                    ),
+                ] {
+                    let (fast, fast_object) = fast.unwrap();
+                    let (slow, slow_object) = slow.unwrap();
+                    prop_assert_eq!(&fast, &slow);
+                    prop_assert_eq!(fast_object, slow_object);
+                    prop_assert_eq!(fast_object, args.is_object());
+                    // And they decode to what was sent.
+                    if fast_object {
+                        let decoded = decode_request(&fast).unwrap();
+                        prop_assert_eq!(&decoded.method, &method);
+                        prop_assert_eq!(decoded.args.get(), args_text);
+                        prop_assert_eq!(&decoded.context, &context);
+                        prop_assert_eq!(&decoded.namespace, &namespace);
+                        prop_assert_eq!(&decoded.version, &version);
+                        prop_assert_eq!(decoded.msg_id.is_some(), call.is_some());
+                    }
+                }
+            }
+
+            #[test]
+            fn replies_round_trip(value in json_value(), seq in any::<u64>()) {
+                let raw = serde_json::value::to_raw_value(&value).unwrap();
+                for body in [ReplyBody::Result(&raw), ReplyBody::StreamItem { seq, value: &raw }] {
+                    let reply = decode_reply(&encode_reply("m\\1\"", body)).unwrap();
+                    prop_assert_eq!(reply.msg_id, "m\\1\"");
+                    // `null` arrives as no result, as serde reads an Option.
+                    let result = reply.result.as_deref().map_or("null", RawValue::get);
+                    prop_assert_eq!(result, raw.get());
+                }
+            }
+        }
     }
 }

@@ -109,6 +109,33 @@ impl ErrorKind {
     }
 }
 
+impl ErrorKind {
+    /// The kind as a snake_case identifier (`timeout`, `remote`,
+    /// `undeliverable`, …): the `outcome` of request metrics and spans.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::NoSuchMethod => "no_such_method",
+            ErrorKind::UnsupportedVersion => "unsupported_version",
+            ErrorKind::Remote => "remote",
+            ErrorKind::VersionCap => "version_cap",
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::Serialization => "serialization",
+            ErrorKind::MalformedMessage => "malformed_message",
+            ErrorKind::Closed => "closed",
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::Authentication => "authentication",
+            ErrorKind::AccessRefused => "access_refused",
+            ErrorKind::Tls => "tls",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Undeliverable => "undeliverable",
+            ErrorKind::Busy => "busy",
+            ErrorKind::Config => "config",
+        }
+    }
+}
+
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -15,15 +15,16 @@ pub mod broker;
 pub mod config;
 pub mod dedup;
 pub mod driver;
-// Documented by its owner; not covered by `missing_docs` yet.
-#[allow(missing_docs)]
 pub mod envelope;
 mod error;
 pub mod memory;
+pub mod metrics;
 mod notify;
 pub mod reply;
 mod rpc_client;
 mod rpc_server;
+pub mod service;
+mod shutdown;
 mod target;
 mod transport;
 
@@ -37,6 +38,8 @@ pub use error::{error_chain, Classify, Error, ErrorKind, Result};
 pub use notify::{Notification, NotificationListener, Notifier, Priority, UnknownPriority};
 pub use rpc_client::{Replies, RpcClient};
 pub use rpc_server::{Endpoint, EndpointError, RpcServer, RpcServerBuilder};
+pub use service::{CallError, RemoteError, RpcStream, ServiceClient};
+pub use shutdown::shutdown_signal;
 pub use target::{Target, Version};
 pub use transport::Transport;
 

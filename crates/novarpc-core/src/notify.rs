@@ -360,4 +360,54 @@ impl NotificationListener {
     pub async fn stop(mut self) -> Result<()> {
         self.listener.stop().await
     }
+
+    /// The notifications as a [`Stream`](futures::Stream), for
+    /// `StreamExt` combinators (`filter`, `map`, `take`, ...); it ends when
+    /// the listener stops consuming.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), novarpc_core::Error> {
+    /// use futures::StreamExt;
+    /// use novarpc_core::{
+    ///     memory::MemoryDriver, CommonOptions, Context, NotificationListener, Notifier,
+    ///     Priority, Target, Transport,
+    /// };
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Created {
+    ///     instance_id: String,
+    /// }
+    ///
+    /// let transport = Transport::new(MemoryDriver::new(CommonOptions::default()));
+    /// let listener = NotificationListener::start(
+    ///     &transport, &[Target::new("notifications")], &[Priority::Info], None,
+    /// )
+    /// .await?;
+    /// let notifier = Notifier::new(transport, "compute.host1");
+    /// let payload = serde_json::json!({"instance_id": "i-1"});
+    /// notifier.info(&Context::new(), "compute.instance.create.end", &payload).await?;
+    ///
+    /// let mut created = listener
+    ///     .into_stream()
+    ///     .filter(|n| std::future::ready(n.event_type == "compute.instance.create.end"))
+    ///     .map(|n| n.payload_as::<Created>());
+    /// assert_eq!(created.next().await.unwrap()?.instance_id, "i-1");
+    /// # Ok(()) }
+    /// ```
+    pub fn into_stream(self) -> futures::stream::BoxStream<'static, Notification> {
+        use futures::StreamExt;
+        futures::stream::unfold(self, |mut listener| async move {
+            let notification = listener.next().await?;
+            Some((notification, listener))
+        })
+        .boxed()
+    }
+}
+
+impl envelope::IncomingNotification {
+    /// The payload deserialized into `P`.
+    pub fn payload_as<P: serde::de::DeserializeOwned>(&self) -> Result<P> {
+        P::deserialize(&self.payload).map_err(Error::Serialization)
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::{Arc, Weak};
 use std::task::{Poll, Waker};
 
@@ -15,7 +16,71 @@ use crate::envelope::{self, Reply};
 /// dropped with a debug log instead of piling up.
 #[derive(Debug, Default)]
 pub struct ReplyRegistry {
-    waiters: Mutex<HashMap<String, Arc<Waiter>>>,
+    waiters: Mutex<HashMap<Key, Arc<Waiter>, BuildHasherDefault<KeyHasher>>>,
+}
+
+/// A waiter's message id as the registry keys it: novarpc's ids (uuid4 in
+/// 32 hex digits) inline, so registering and looking up copy no string and
+/// hash a few words; any other id as itself.
+#[derive(Debug, PartialEq, Eq)]
+enum Key {
+    Id([u8; 32]),
+    Text(Box<str>),
+}
+
+impl Key {
+    fn of(msg_id: &str) -> Key {
+        match msg_id.as_bytes().try_into() {
+            Ok(id) => Key::Id(id),
+            Err(_) => Key::Text(msg_id.into()),
+        }
+    }
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        match self {
+            Key::Id(id) => {
+                // Hex digits of random bits: fold the words, then mix them
+                // into every bit (a folded multiply), which the table's
+                // bucket index (low bits) and tag (high bits) both need.
+                let word = |i: usize| {
+                    u64::from_le_bytes(id[i * 8..i * 8 + 8].try_into().expect("eight bytes"))
+                };
+                let product = u128::from(word(0) ^ word(2).rotate_left(32))
+                    * u128::from(word(1) ^ word(3).rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15);
+                state.write_u64((product as u64) ^ ((product >> 64) as u64));
+            }
+            Key::Text(text) => text.hash(state),
+        }
+    }
+}
+
+/// The registry's hasher: [`Key`] hashes itself; only ids that novarpc did
+/// not make (rare) go through FNV-1a here.
+#[derive(Debug)]
+struct KeyHasher(u64);
+
+impl Default for KeyHasher {
+    fn default() -> Self {
+        KeyHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
 }
 
 /// One caller's mailbox. Most calls get one reply, so this is a small queue
@@ -27,16 +92,29 @@ struct Waiter {
 
 #[derive(Debug, Default)]
 struct WaiterState {
-    replies: VecDeque<Reply>,
+    /// The next reply: most calls get only one, which needs no queue.
+    first: Option<Reply>,
+    /// The replies after `first`, in order (multicall streams).
+    more: VecDeque<Reply>,
     waker: Option<Waker>,
     closed: bool,
+}
+
+impl WaiterState {
+    fn pop(&mut self) -> Option<Reply> {
+        self.first.take().or_else(|| self.more.pop_front())
+    }
 }
 
 impl Waiter {
     fn push(&self, reply: Reply) {
         let waker = {
             let mut state = self.state.lock();
-            state.replies.push_back(reply);
+            if state.first.is_none() && state.more.is_empty() {
+                state.first = Some(reply);
+            } else {
+                state.more.push_back(reply);
+            }
             state.waker.take()
         };
         if let Some(waker) = waker {
@@ -66,7 +144,7 @@ impl ReplyRegistry {
     /// Registers a waiter for `msg_id`.
     pub fn register(self: &Arc<Self>, msg_id: String) -> ReplyReceiver {
         let waiter = Arc::new(Waiter::default());
-        self.waiters.lock().insert(msg_id.clone(), waiter.clone());
+        self.waiters.lock().insert(Key::of(&msg_id), waiter.clone());
         ReplyReceiver {
             msg_id,
             waiter,
@@ -76,7 +154,8 @@ impl ReplyRegistry {
 
     /// Hands a reply to its waiter; returns false (and logs) when nobody waits.
     pub fn deliver(&self, reply: Reply) -> bool {
-        let waiter = self.waiters.lock().get(&reply.msg_id).cloned();
+        let key = Key::of(&reply.msg_id);
+        let waiter = self.waiters.lock().get(&key).cloned();
         match waiter {
             Some(waiter) => {
                 waiter.push(reply);
@@ -138,7 +217,7 @@ impl ReplyReceiver {
     pub async fn recv(&mut self) -> Option<Reply> {
         poll_fn(|cx| {
             let mut state = self.waiter.state.lock();
-            if let Some(reply) = state.replies.pop_front() {
+            if let Some(reply) = state.pop() {
                 Poll::Ready(Some(reply))
             } else if state.closed || self.registry.strong_count() == 0 {
                 Poll::Ready(None)
@@ -160,7 +239,7 @@ impl ReplyReceiver {
 impl Drop for ReplyReceiver {
     fn drop(&mut self) {
         if let Some(registry) = self.registry.upgrade() {
-            registry.waiters.lock().remove(&self.msg_id);
+            registry.waiters.lock().remove(&Key::of(&self.msg_id));
         }
     }
 }
@@ -181,6 +260,35 @@ mod tests {
         assert!(registry.is_empty());
         assert!(!registry.deliver_body(&encode_reply("m1", ReplyBody::Result(&null))));
         assert!(!registry.deliver_body(b"garbage"));
+        assert!(registry.is_empty());
+    }
+
+    #[tokio::test]
+    async fn uuid_and_other_ids_are_told_apart() {
+        let registry = ReplyRegistry::new();
+        let id = crate::new_uuid_hex();
+        let upper = id.to_uppercase();
+        let mut by_id = registry.register(id.clone());
+        let mut by_upper = registry.register(upper.clone());
+        let mut other = registry.register("m1".into());
+        assert_eq!(registry.len(), 3);
+        let null = null_value();
+        for msg_id in [&upper, "m1", &id, "m2"] {
+            registry.deliver_body(&encode_reply(msg_id, ReplyBody::Result(&null)));
+        }
+        for receiver in [&mut by_id, &mut by_upper, &mut other] {
+            let msg_id = receiver.msg_id().to_owned();
+            assert_eq!(receiver.recv().await.unwrap().msg_id, msg_id);
+        }
+        // A stream's replies come in order.
+        for seq in 0..3 {
+            let reply = ReplyBody::StreamItem { seq, value: &null };
+            registry.deliver_body(&encode_reply(&id, reply));
+        }
+        for seq in 0..3 {
+            assert_eq!(by_id.recv().await.unwrap().seq, Some(seq));
+        }
+        drop((by_id, by_upper, other));
         assert!(registry.is_empty());
     }
 }

@@ -9,13 +9,15 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::broker::Broker;
-use crate::envelope::{self, Context, Reply, Request, DISPATCHER_MODULE};
+use crate::envelope::{self, Context, Reply, TypedRequest, DISPATCHER_MODULE};
 use crate::error::{Error, Result};
+use crate::metrics::{Kind, Side};
 use crate::notify::{Notifier, Priority};
 use crate::reply::ReplyReceiver;
-use crate::target::{Target, Version};
+use crate::target::{Target, Version, VersionText};
 use crate::transport::Transport;
 
 /// Sends requests to a [`Target`]: `call`, `cast`, `fanout_cast`,
@@ -26,10 +28,10 @@ use crate::transport::Transport;
 ///
 /// ```
 /// # async fn demo() -> Result<(), novarpc_core::Error> {
-/// use novarpc_core::{memory::MemoryDriver, Broker, CommonOptions, RpcClient, Target, Transport};
+/// use novarpc_core::{memory::MemoryDriver, Broker, CommonOptions, RpcClient, Target, Transport, Version};
 /// let transport = Transport::new(MemoryDriver::new(CommonOptions::default()));
 /// let client = RpcClient::new(transport, Target::new("compute"));
-/// let to_host = client.prepare().server("host1").version("1.3");
+/// let to_host = client.prepare().server("host1").version(Version::new(1, 3));
 /// assert_eq!(to_host.target().server.as_deref(), Some("host1"));
 /// // Another cell's broker, resolved when a request is sent.
 /// let in_cell1 = client.prepare().broker(Broker::named("cell1"));
@@ -79,9 +81,10 @@ impl RpcClient {
         self
     }
 
-    /// The API version requests claim (`MAJOR.MINOR`).
-    pub fn version(mut self, version: impl Into<String>) -> Self {
-        self.target.version = Some(version.into());
+    /// The API version requests claim (`Version::new(1, 3)`, or
+    /// `"1.3".parse()?`).
+    pub fn version(mut self, version: Version) -> Self {
+        self.target.version = Some(version);
         self
     }
 
@@ -174,20 +177,18 @@ impl RpcClient {
     }
 
     /// Whether a message of `version` may be sent under the version cap.
-    pub fn can_send_version(&self, version: &str) -> bool {
-        match (self.version_cap, version.parse::<Version>()) {
-            (None, Ok(_)) => true,
-            (Some(cap), Ok(v)) => cap.can_handle(v),
-            (_, Err(_)) => false,
-        }
+    pub fn can_send_version(&self, version: Version) -> bool {
+        self.version_cap.is_none_or(|cap| cap.can_handle(version))
     }
 
-    fn check_target(&self, target: &Target) -> Result<()> {
+    /// `version`: what the request claims (the target's, or a typed
+    /// method's).
+    fn check_target(&self, target: &Target, version: Option<Version>) -> Result<()> {
         target.validate()?;
-        if let (Some(cap), Some(version)) = (self.version_cap, &target.version) {
-            if !cap.can_handle(version.parse()?) {
+        if let (Some(cap), Some(version)) = (self.version_cap, version) {
+            if !cap.can_handle(version) {
                 return Err(Error::VersionCap {
-                    version: version.clone(),
+                    version: version.to_string(),
                     cap: cap.to_string(),
                 });
             }
@@ -215,17 +216,115 @@ impl RpcClient {
     where
         A: Serialize + ?Sized,
     {
+        self.call_raw_as(self.target.version, context, method, args)
+            .await
+    }
+
+    /// [`RpcClient::call_raw`] claiming `version` (typed clients: the
+    /// method's), without deriving a client for it.
+    pub(crate) fn call_raw_as<'a, A>(
+        &'a self,
+        version: Option<Version>,
+        context: &'a Context,
+        method: &'a str,
+        args: &'a A,
+    ) -> impl std::future::Future<Output = Result<Box<RawValue>>> + 'a
+    where
+        A: Serialize + ?Sized,
+    {
+        self.observed(
+            Kind::Call,
+            &self.target,
+            version,
+            method,
+            context,
+            move || self.call_raw_unobserved(version, context, method, args),
+        )
+    }
+
+    /// Runs one request in an `rpc.client` span (kind, method, topic,
+    /// server, fanout, namespace, version, trace_id), ends it with a debug
+    /// line `request done` (outcome, duration) and records its metrics.
+    ///
+    /// Not an `async fn`, and given a maker rather than the request's
+    /// future: either would keep a second copy of that (large) future in
+    /// this one's state, a kilobyte more for every call in flight.
+    fn observed<'a, T, F>(
+        &'a self,
+        kind: Kind,
+        target: &Target,
+        version: Option<Version>,
+        method: &'a str,
+        context: &Context,
+        request: impl FnOnce() -> F + 'a,
+    ) -> impl std::future::Future<Output = Result<T>> + 'a
+    where
+        F: std::future::Future<Output = Result<T>> + 'a,
+    {
+        let span = tracing::debug_span!(
+            "rpc.client",
+            kind = kind.as_str(),
+            method,
+            topic = %target.topic,
+            server = target.server.as_deref().unwrap_or(""),
+            fanout = target.fanout,
+            namespace = target.namespace.as_deref().unwrap_or(""),
+            version = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        if !span.is_disabled() {
+            span.record(
+                "version",
+                tracing::field::display(version.unwrap_or_default()),
+            );
+            if let Some(trace_id) = crate::service::trace_id(context) {
+                span.record("trace_id", trace_id);
+            }
+        }
+        let metrics = self.transport.metrics();
+        async move {
+            let _in_flight = metrics.start(Side::Client);
+            let started = Instant::now();
+            let result = request().await;
+            let elapsed = started.elapsed();
+            let outcome = result
+                .as_ref()
+                .err()
+                .map(|e| metrics.client_error(e.kind()));
+            metrics.finish(Side::Client, kind, method, elapsed, outcome);
+            tracing::debug!(
+                outcome = outcome.unwrap_or("ok"),
+                duration_ms = elapsed.as_secs_f64() * 1e3,
+                "request done"
+            );
+            result
+        }
+        .instrument(span)
+    }
+
+    async fn call_raw_unobserved<A>(
+        &self,
+        version: Option<Version>,
+        context: &Context,
+        method: &str,
+        args: &A,
+    ) -> Result<Box<RawValue>>
+    where
+        A: Serialize + ?Sized,
+    {
         // The deadline runs from here: connecting, declaring the reply queue
         // and publishing count against it too.
         let deadline = Instant::now() + self.timeout;
-        let mut receiver = self.start_call(context, method, args, deadline).await?;
+        let mut receiver = self
+            .start_call(version, context, method, args, deadline)
+            .await?;
         // A streaming endpoint answers a plain call with its last element, as
         // Nova's call did over multicall.
         let mut last_item = None;
         loop {
             let reply = self.next_reply(&mut receiver, deadline, method).await?;
             if let Some(failure) = reply.failure {
-                return Err(self.remote_error(&failure, method));
+                return Err(self.remote_error(&failure, method, version));
             }
             if reply.ending {
                 let result = match reply.seq {
@@ -251,10 +350,37 @@ impl RpcClient {
         R: DeserializeOwned + Send + 'static,
         A: Serialize + ?Sized,
     {
+        self.multicall_as(self.target.version, context, method, args)
+            .await
+    }
+
+    /// [`RpcClient::multicall`] claiming `version`.
+    pub(crate) async fn multicall_as<R, A>(
+        &self,
+        version: Option<Version>,
+        context: &Context,
+        method: &str,
+        args: &A,
+    ) -> Result<Replies<R>>
+    where
+        R: DeserializeOwned + Send + 'static,
+        A: Serialize + ?Sized,
+    {
         let deadline = Instant::now() + self.timeout;
-        let receiver = self.start_call(context, method, args, deadline).await?;
+        let started = || self.start_call(version, context, method, args, deadline);
+        let receiver = self
+            .observed(
+                Kind::Multicall,
+                &self.target,
+                version,
+                method,
+                context,
+                started,
+            )
+            .await?;
         let state = MulticallState {
             client: self.clone(),
+            version,
             receiver,
             first_deadline: Some(deadline),
             method: method.to_owned(),
@@ -280,6 +406,7 @@ impl RpcClient {
 
     async fn start_call<A>(
         &self,
+        version: Option<Version>,
         context: &Context,
         method: &str,
         args: &A,
@@ -292,9 +419,9 @@ impl RpcClient {
         if self.target.fanout {
             return Err(Error::InvalidTarget("a call cannot be a fanout".into()));
         }
-        self.check_target(&self.target)?;
-        let args = serialize_args(method, args)?;
-        let request = self.request(context, method, &args);
+        self.check_target(&self.target, version)?;
+        let version = version.map(|v| v.text());
+        let request = self.request(context, method, args, version.as_ref());
         // Connecting to another broker counts against the call's deadline.
         let transport = tokio::time::timeout_at(deadline, self.sending_transport())
             .await
@@ -330,7 +457,7 @@ impl RpcClient {
         }
     }
 
-    fn remote_error(&self, failure: &str, method: &str) -> Error {
+    fn remote_error(&self, failure: &str, method: &str, version: Option<Version>) -> Error {
         let failure = match envelope::decode_failure(failure) {
             Ok(failure) => failure,
             Err(error) => return error,
@@ -340,24 +467,25 @@ impl RpcClient {
                 method: method.to_owned(),
             },
             ("UnsupportedVersion", DISPATCHER_MODULE) => Error::UnsupportedVersion {
-                version: self.target.version.clone().unwrap_or_else(|| "1.0".into()),
+                version: version.unwrap_or_default().to_string(),
                 method: method.to_owned(),
             },
             _ => Error::Remote(Box::new(failure)),
         }
     }
 
-    fn request<'a>(
+    fn request<'a, A: ?Sized>(
         &'a self,
         context: &'a Context,
         method: &'a str,
-        args: &'a RawValue,
-    ) -> Request<'a> {
-        Request {
+        args: &'a A,
+        version: Option<&'a VersionText>,
+    ) -> TypedRequest<'a, A> {
+        TypedRequest {
             method,
             args,
             namespace: self.target.namespace.as_deref(),
-            version: self.target.version.as_deref(),
+            version: version.map(VersionText::as_str),
             context,
         }
     }
@@ -369,18 +497,44 @@ impl RpcClient {
         method: &str,
         args: &(impl Serialize + ?Sized),
     ) -> Result<()> {
+        self.send_as(target, self.target.version, context, method, args)
+            .await
+    }
+
+    /// A cast to `target` claiming `version`.
+    pub(crate) fn send_as<'a>(
+        &'a self,
+        target: &'a Target,
+        version: Option<Version>,
+        context: &'a Context,
+        method: &'a str,
+        args: &'a (impl Serialize + ?Sized),
+    ) -> impl std::future::Future<Output = Result<()>> + 'a {
+        self.observed(Kind::Cast, target, version, method, context, move || {
+            self.send_unobserved(target, version, context, method, args)
+        })
+    }
+
+    async fn send_unobserved(
+        &self,
+        target: &Target,
+        version: Option<Version>,
+        context: &Context,
+        method: &str,
+        args: &(impl Serialize + ?Sized),
+    ) -> Result<()> {
         self.check_open()?;
-        self.check_target(target)?;
+        self.check_target(target, version)?;
         let Some(broker) = &self.broker else {
             return self
-                .send_on(&self.transport, target, context, method, args)
+                .send_on(&self.transport, target, version, context, method, args)
                 .await;
         };
         // Connecting to the other broker and sending share one bound.
         let timeout = self.transport.options().send_timeout;
         let send = async {
             let transport = self.transport.for_broker(broker).await?;
-            self.send_on(&transport, target, context, method, args)
+            self.send_on(&transport, target, version, context, method, args)
                 .await
         };
         match tokio::time::timeout(timeout, send).await {
@@ -397,14 +551,15 @@ impl RpcClient {
         &self,
         transport: &Transport,
         target: &Target,
+        version: Option<Version>,
         context: &Context,
         method: &str,
         args: &(impl Serialize + ?Sized),
     ) -> Result<()> {
         // Refused before anything is serialized or sent.
         transport.check_cast(target)?;
-        let args = serialize_args(method, args)?;
-        let request = self.request(context, method, &args);
+        let version = version.map(|v| v.text());
+        let request = self.request(context, method, args, version.as_ref());
         transport.cast(target, &request).await
     }
 
@@ -550,29 +705,9 @@ impl RpcClient {
     }
 }
 
-fn serialize_args<A: Serialize + ?Sized>(method: &str, args: &A) -> Result<Box<RawValue>> {
-    let raw = serde_json::value::to_raw_value(args).map_err(Error::Serialization)?;
-    if !raw.get().starts_with('{') {
-        return Err(Error::InvalidArguments {
-            method: method.to_owned(),
-            reason: format!(
-                "arguments are keyword arguments and must serialize to a JSON object, got `{}`",
-                truncate(raw.get(), 40)
-            ),
-        });
-    }
-    Ok(raw)
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
-}
-
 struct MulticallState {
     client: RpcClient,
+    version: Option<Version>,
     receiver: ReplyReceiver,
     /// The first reply is due within the call's timeout from the call on;
     /// each later one within the timeout from the one before.
@@ -601,7 +736,11 @@ impl MulticallState {
         };
         if let Some(failure) = reply.failure {
             self.done = true;
-            return Some(Err(self.client.remote_error(&failure, &self.method)));
+            return Some(Err(self.client.remote_error(
+                &failure,
+                &self.method,
+                self.version,
+            )));
         }
         if reply.ending {
             self.done = true;

@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::dedup::DedupCache;
 use crate::driver::{Delivery, Listener};
@@ -22,6 +23,7 @@ use crate::envelope::{
     self, Context, IncomingRequest, RemoteFailure, ReplyBody, DISPATCHER_MODULE,
 };
 use crate::error::{Error, Result};
+use crate::metrics::{Kind, Side};
 use crate::target::{Target, Version};
 use crate::transport::Transport;
 
@@ -70,6 +72,45 @@ impl EndpointError {
     /// The failure as it goes on the wire (class, module, message, traceback).
     pub fn into_failure(self) -> RemoteFailure {
         *self.failure
+    }
+
+    /// An endpoint error carrying `failure` as it is (class, module, message,
+    /// traceback and keyword arguments), as typed errors produce it.
+    pub fn from_failure(failure: RemoteFailure) -> Self {
+        EndpointError {
+            failure: Box::new(failure),
+        }
+    }
+
+    /// An error whose type is unknown (`anyhow::Error`, a boxed error): a
+    /// `RuntimeError` of module `builtins`, which oslo peers rebuild as
+    /// Python's own, with the whole chain as message and traceback.
+    ///
+    /// ```
+    /// use novarpc_core::EndpointError;
+    ///
+    /// let boxed: Box<dyn std::error::Error + Send + Sync> = "disk full".into();
+    /// let failure = EndpointError::from_boxed(boxed).into_failure();
+    /// assert_eq!((failure.class.as_str(), failure.module.as_str()), ("RuntimeError", "builtins"));
+    /// assert_eq!(failure.message, "disk full");
+    /// ```
+    pub fn from_boxed(error: Box<dyn std::error::Error + Send + Sync>) -> Self {
+        let message = crate::error::error_chain(&*error);
+        let mut lines = vec![format!("RuntimeError: {error}\n")];
+        let mut source = error.source();
+        while let Some(cause) = source {
+            lines.push(format!("Caused by: {cause}\n"));
+            source = cause.source();
+        }
+        EndpointError::new("RuntimeError", message)
+            .module("builtins")
+            .traceback(lines)
+    }
+}
+
+impl fmt::Display for EndpointError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.failure.fmt(f)
     }
 }
 
@@ -383,12 +424,15 @@ impl RpcServerBuilder {
             ));
         }
         let listener = self.transport.listen(&self.target).await?;
+        let shared_cross_process = self.transport.capabilities().cross_process;
+        let backend = self.transport.backend();
         let seen = self
             .transport
             .capabilities()
             .redelivers
             .then(|| DedupCache::new(1024, std::time::Duration::from_secs(300)));
         let shared = Arc::new(Shared {
+            target: self.target.clone(),
             transport: self.transport,
             dispatcher: Dispatcher {
                 endpoints: self.endpoints,
@@ -408,6 +452,13 @@ impl RpcServerBuilder {
             self.grace_period,
         ));
         tracing::debug!(target_ = %self.target, "rpc server started");
+        if !shared_cross_process {
+            tracing::info!(
+                target_ = %self.target,
+                backend = backend,
+                "this backend serves this process only: other processes cannot reach the server"
+            );
+        }
         Ok(RpcServer {
             target: self.target,
             token,
@@ -417,6 +468,8 @@ impl RpcServerBuilder {
 }
 
 struct Shared {
+    /// For the per-request span.
+    target: Target,
     transport: Transport,
     dispatcher: Dispatcher,
     /// Recent `_unique_id`s, when the broker may redeliver.
@@ -558,13 +611,25 @@ async fn serve(
         };
         let shared = shared.clone();
         let abandon = abandon.clone();
-        in_flight.spawn(async move {
-            tokio::select! {
-                _ = process(delivery, &shared) => {}
-                _ = abandon.cancelled() => {}
+        let span = request_span(&shared.target);
+        in_flight.spawn(
+            async move {
+                let _in_flight = shared.transport.metrics().start(Side::Server);
+                let started = tokio::time::Instant::now();
+                tokio::select! {
+                    _ = process(delivery, &shared) => {}
+                    _ = abandon.cancelled() => {
+                        tracing::Span::current().record("outcome", "abandoned");
+                    }
+                }
+                tracing::debug!(
+                    duration_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "request done"
+                );
+                drop(permit);
             }
-            drop(permit);
-        });
+            .instrument(span),
+        );
     }
     let stopped = listener.stop().await;
     in_flight.close();
@@ -581,7 +646,8 @@ async fn serve(
 }
 
 async fn process(delivery: Delivery, shared: &Shared) {
-    let request = match envelope::decode_request(&delivery.body) {
+    let started = std::time::Instant::now();
+    let mut request = match envelope::decode_request(&delivery.body) {
         Ok(request) => request,
         Err(error) => {
             tracing::warn!(%error, body_len = delivery.body.len(), "rejecting a malformed request");
@@ -596,8 +662,9 @@ async fn process(delivery: Delivery, shared: &Shared) {
             return;
         }
     }
-    let reply_to = match (&request.msg_id, &request.reply_q) {
-        (Some(msg_id), Some(reply_q)) => Some((msg_id.clone(), reply_q.clone())),
+    record_request(&request);
+    let reply_to = match (request.msg_id.take(), request.reply_q.take()) {
+        (Some(msg_id), Some(reply_q)) => Some((msg_id, reply_q)),
         _ => None,
     };
     let response = match shared.dispatcher.find(&request) {
@@ -619,6 +686,35 @@ async fn process(delivery: Delivery, shared: &Shared) {
         Err(failure) => Response::Single(Err(failure)),
     };
     let method = &request.method;
+    // Recorded when the request is done with (reply sent or cast handled).
+    let _finished = Finished {
+        metrics: shared.transport.metrics(),
+        kind: if reply_to.is_some() {
+            Kind::Call
+        } else {
+            Kind::Cast
+        },
+        method,
+        started,
+        failed: matches!(response, Response::Single(Err(_))),
+    };
+    let span = tracing::Span::current();
+    match &response {
+        Response::Single(Ok(_)) => {
+            span.record("outcome", "ok");
+        }
+        Response::Single(Err(failure)) => {
+            span.record("outcome", failure.class.as_str());
+            // Once per failed call, as oslo logs every dispatch exception
+            // (casts are logged below).
+            if reply_to.is_some() {
+                tracing::warn!(%method, %failure, "call failed");
+            }
+        }
+        Response::Stream(_) => {
+            span.record("outcome", "stream");
+        }
+    }
     let Some((msg_id, reply_q)) = reply_to else {
         match response {
             Response::Single(Err(failure)) => {
@@ -643,6 +739,7 @@ async fn process(delivery: Delivery, shared: &Shared) {
         async move {
             let reply_bytes = bytes.len();
             if let Err(error) = transport.send_reply(reply_q, msg_id, bytes).await {
+                transport.metrics().reply_failed(error.kind());
                 // Once, by size: never the body.
                 tracing::warn!(
                     error = %crate::error::error_chain(&error),
@@ -688,6 +785,27 @@ async fn process(delivery: Delivery, shared: &Shared) {
     }
 }
 
+/// Records a handled request's metrics when dropped.
+struct Finished<'a> {
+    metrics: &'a crate::metrics::Metrics,
+    kind: Kind,
+    method: &'a str,
+    started: std::time::Instant,
+    failed: bool,
+}
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.metrics.finish(
+            Side::Server,
+            self.kind,
+            self.method,
+            self.started.elapsed(),
+            self.failed.then_some("failed"),
+        );
+    }
+}
+
 fn handler_timed_out(method: &str, limit: Duration) -> Box<RemoteFailure> {
     tracing::warn!(%method, limit_secs = limit.as_secs_f64(), "a handler did not finish within the handler timeout");
     Box::new(RemoteFailure::new(
@@ -705,4 +823,38 @@ fn panic_failure(panic: Box<dyn std::any::Any + Send>) -> Box<RemoteFailure> {
         .unwrap_or_else(|| "the handler panicked".to_owned());
     tracing::error!(%message, "an endpoint method panicked");
     Box::new(RemoteFailure::new("Panic", "novarpc", message))
+}
+
+/// The span every request runs in: its fields are filled in once the
+/// request is decoded, and `outcome` when it is answered.
+fn request_span(target: &Target) -> tracing::Span {
+    tracing::debug_span!(
+        "rpc.server",
+        topic = %target.topic,
+        server = target.server.as_deref().unwrap_or(""),
+        method = tracing::field::Empty,
+        namespace = tracing::field::Empty,
+        version = tracing::field::Empty,
+        msg_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    )
+}
+
+fn record_request(request: &IncomingRequest) {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    span.record("method", request.method.as_str());
+    if let Some(namespace) = &request.namespace {
+        span.record("namespace", namespace.as_str());
+    }
+    span.record("version", request.version.as_deref().unwrap_or("1.0"));
+    if let Some(msg_id) = &request.msg_id {
+        span.record("msg_id", msg_id.as_str());
+    }
+    if let Some(trace_id) = crate::service::trace_id(&request.context) {
+        span.record("trace_id", trace_id);
+    }
 }

@@ -10,9 +10,9 @@ use crate::error::Error;
 /// `fanout` sends to every server listening on the topic.
 ///
 /// ```
-/// use novarpc_core::Target;
+/// use novarpc_core::{Target, Version};
 ///
-/// let target = Target::new("compute").server("host1").version("1.3");
+/// let target = Target::new("compute").server("host1").version(Version::new(1, 3));
 /// assert_eq!(target.routing_key(), "compute.host1");
 /// assert_eq!(target.exchange_or("nova"), "nova");
 /// assert_eq!(target.to_string(), "compute.host1");
@@ -35,8 +35,8 @@ pub struct Target {
     /// The endpoint namespace requests are for; `None` is the default
     /// namespace. Servers dispatch on it.
     pub namespace: Option<String>,
-    /// The API version requests claim (`MAJOR.MINOR`); `None` means `1.0`.
-    pub version: Option<String>,
+    /// The API version requests claim; `None` means `1.0`.
+    pub version: Option<Version>,
 }
 
 impl Target {
@@ -72,10 +72,10 @@ impl Target {
         self
     }
 
-    /// The API version requests claim (`MAJOR.MINOR`); checked by
-    /// [`Target::validate`], not here.
-    pub fn version(mut self, version: impl Into<String>) -> Self {
-        self.version = Some(version.into());
+    /// The API version requests claim: a [`Version`] (`Version::new(1, 3)`,
+    /// or `"1.3".parse()?` for text), as everywhere else in novarpc.
+    pub fn version(mut self, version: Version) -> Self {
+        self.version = Some(version);
         self
     }
 
@@ -126,9 +126,6 @@ impl Target {
         if let Some(exchange) = &self.exchange {
             check("exchange", exchange)?;
         }
-        if let Some(version) = &self.version {
-            version.parse::<Version>()?;
-        }
         Ok(())
     }
 }
@@ -178,6 +175,31 @@ impl Version {
     /// endpoint of version `self` when majors match and `requested.minor <= self.minor`.
     pub fn can_handle(&self, requested: Version) -> bool {
         self.major == requested.major && requested.minor <= self.minor
+    }
+}
+
+/// A version written out without allocating, for the wire.
+pub(crate) struct VersionText {
+    buf: [u8; 21],
+    len: usize,
+}
+
+impl VersionText {
+    pub(crate) fn as_str(&self) -> &str {
+        // Only ASCII digits and a dot are ever written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("1.0")
+    }
+}
+
+impl Version {
+    /// `MAJOR.MINOR` in a stack buffer (the longest is 21 bytes).
+    pub(crate) fn text(&self) -> VersionText {
+        use std::io::Write;
+        let mut buf = [0u8; 21];
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        let _ = write!(cursor, "{}.{}", self.major, self.minor);
+        let len = cursor.position() as usize;
+        VersionText { buf, len }
     }
 }
 
@@ -244,9 +266,16 @@ mod tests {
             Target::new("a#b").validate(),
             Err(Error::InvalidTarget(_))
         ));
-        assert!(matches!(
-            Target::new("t").version("x").validate(),
-            Err(Error::InvalidVersion(_))
-        ));
+    }
+
+    #[test]
+    fn version_text_is_display() {
+        for v in [
+            Version::new(1, 0),
+            Version::new(12, 345),
+            Version::new(u32::MAX, u32::MAX),
+        ] {
+            assert_eq!(v.text().as_str(), v.to_string());
+        }
     }
 }

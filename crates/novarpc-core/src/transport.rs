@@ -7,16 +7,46 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::broker::{Broker, BrokerResolver};
 use crate::config::CommonOptions;
 use crate::driver::{CallInfo, Capabilities, Driver, Listener, OutgoingRequest};
-use crate::envelope::{self, CallHeader, Request};
+use crate::envelope::{self, CallHeader, TypedRequest};
 use crate::error::{Error, Result};
 use crate::notify::Priority;
 use crate::reply::ReplyReceiver;
 use crate::target::Target;
+
+/// Encodes a request, its arguments serialized straight into the message;
+/// arguments that are not keyword arguments (a JSON object) are refused.
+fn encode_request<A: Serialize + ?Sized>(
+    request: &TypedRequest<'_, A>,
+    call: Option<CallHeader<'_>>,
+) -> Result<Bytes> {
+    envelope::encode_request_with(request, call).map_err(|error| match error {
+        envelope::ArgsError::Serialize(error) => Error::Serialization(error),
+        envelope::ArgsError::NotAnObject => {
+            // Cold: serialized again only to say what they were.
+            let text = serde_json::to_string(request.args).unwrap_or_default();
+            Error::InvalidArguments {
+                method: request.method.to_owned(),
+                reason: format!(
+                    "arguments are keyword arguments and must serialize to a JSON object, got `{}`",
+                    truncate(&text, 40)
+                ),
+            }
+        }
+    })
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
 
 /// A connection to a message broker (or the in-process `memory` broker),
 /// shared by the clients, servers, notifiers and listeners of a process.
@@ -45,6 +75,7 @@ struct Inner {
     options: CommonOptions,
     closed: AtomicBool,
     resolver: Resolver,
+    metrics: crate::metrics::Metrics,
 }
 
 /// How a transport reaches other brokers.
@@ -102,6 +133,7 @@ impl Transport {
     fn build(driver: Arc<dyn Driver>, resolver: Resolver) -> Self {
         Transport {
             inner: Arc::new(Inner {
+                metrics: crate::metrics::Metrics::new(driver.backend()),
                 backend: driver.backend(),
                 capabilities: driver.capabilities(),
                 options: driver.options().clone(),
@@ -116,6 +148,11 @@ impl Transport {
     /// [`BrokerResolver`]).
     pub fn has_resolver(&self) -> bool {
         !matches!(self.inner.resolver, Resolver::None)
+    }
+
+    /// The transport's metric handles.
+    pub(crate) fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
     }
 
     /// The transport to another broker (a `[brokers.NAME]` table of the
@@ -244,9 +281,13 @@ impl Transport {
     }
 
     /// Encodes and sends a request that expects no reply.
-    pub(crate) async fn cast(&self, target: &Target, request: &Request<'_>) -> Result<()> {
+    pub(crate) async fn cast<A: Serialize + ?Sized>(
+        &self,
+        target: &Target,
+        request: &TypedRequest<'_, A>,
+    ) -> Result<()> {
         self.check_cast(target)?;
-        let body = envelope::encode_request(request, None);
+        let body = encode_request(request, None)?;
         let operation = if target.fanout { "fanout cast" } else { "cast" };
         let outgoing = OutgoingRequest {
             body,
@@ -259,10 +300,10 @@ impl Transport {
     /// Encodes and sends a call's request, returning the receiver of its
     /// replies. Everything (connecting, declaring the reply queue, sending)
     /// happens before `deadline`, or the call times out.
-    pub(crate) async fn start_call(
+    pub(crate) async fn start_call<A: Serialize + ?Sized>(
         &self,
         target: &Target,
-        request: &Request<'_>,
+        request: &TypedRequest<'_, A>,
         deadline: Instant,
         timeout: Duration,
     ) -> Result<ReplyReceiver> {
@@ -271,13 +312,13 @@ impl Transport {
         let send = async {
             let reply_to = driver.reply_address().await?;
             let msg_id = envelope::new_unique_id();
-            let body = envelope::encode_request(
+            let body = encode_request(
                 request,
                 Some(CallHeader {
                     msg_id: &msg_id,
                     reply_q: reply_to,
                 }),
-            );
+            )?;
             let receiver = driver.replies().register(msg_id);
             let call = CallInfo {
                 msg_id: receiver.msg_id(),

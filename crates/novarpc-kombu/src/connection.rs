@@ -114,16 +114,8 @@ pub(crate) struct KombuConnector {
 
 impl KombuConnector {
     pub(crate) fn new(options: KombuOptions, common: &CommonOptions, purpose: &str) -> Self {
-        let hostname = options
-            .hostname
-            .clone()
-            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
-        let processname = options.processname.clone().unwrap_or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .unwrap_or_else(|| "novarpc".to_owned())
-        });
+        let hostname = options.hostname_or_default();
+        let processname = options.processname_or_default();
         // oslo names connections `<process>:<pid>:<host>`; the purpose tells the
         // publisher and consumer connections of a process apart.
         let connection_name = format!(
@@ -142,6 +134,7 @@ impl Connector for KombuConnector {
     type Host = BrokerHost;
     type Connection = Arc<Connection>;
     type Error = KombuError;
+    const BACKEND: &'static str = "kombu";
 
     async fn connect(&self, host: &BrokerHost) -> Result<Arc<Connection>, KombuError> {
         // A mechanism the broker does not offer makes RabbitMQ answer

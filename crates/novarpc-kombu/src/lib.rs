@@ -7,9 +7,12 @@
 //! transport URL selects it too. Options live in the `[kombu]` table and accept
 //! oslo's `[oslo_messaging_rabbit]` names.
 
+#![deny(missing_docs)]
+
 mod connection;
 mod consumer;
 mod options;
+mod queue_manager;
 mod sasl;
 mod topology;
 mod transport;
@@ -99,6 +102,9 @@ pub enum KombuError {
     /// The channel pool failed.
     #[error("channel pool: {0}")]
     Pool(String),
+    /// `use_queue_manager` could not read or write its counter in /dev/shm.
+    #[error("queue manager counter")]
+    QueueManager(#[source] std::io::Error),
     /// `ensure` gave up after retrying a temporary failure.
     #[error("gave up after {attempts} attempts")]
     GaveUp {
@@ -164,6 +170,8 @@ impl Classify for KombuError {
             // Quorum queues nack while they elect a leader: try again.
             KombuError::Nacked | KombuError::Unconfirmed(_) => ErrorKind::Busy,
             KombuError::Pool(_) => ErrorKind::Unreachable,
+            // The host's shared memory, not the broker: nothing to retry.
+            KombuError::QueueManager(_) => ErrorKind::Config,
             KombuError::GaveUp { last, .. } => last.kind(),
         }
     }

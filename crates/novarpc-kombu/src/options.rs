@@ -44,6 +44,7 @@ pub struct KombuOptions {
     /// exponentially (with jitter) up to `retry_interval_max`.
     #[serde(alias = "rabbit_retry_interval")]
     pub retry_interval: f64,
+    /// The longest wait between reconnect or publish retries, in seconds.
     #[serde(alias = "rabbit_interval_max")]
     pub retry_interval_max: f64,
     /// Retries of a failed publish or connect before giving up with an error
@@ -53,6 +54,9 @@ pub struct KombuOptions {
     /// Durable topic queues and control exchange.
     #[serde(alias = "amqp_durable_queues")]
     pub durable_queues: bool,
+    /// Auto-delete the shared (topic, server and notification) queues and
+    /// the control exchange: the broker removes a queue when its last
+    /// consumer goes, the exchange when its last binding does.
     #[serde(alias = "amqp_auto_delete")]
     pub auto_delete: bool,
     /// `x-expires` of reply and fanout queues, in seconds.
@@ -107,12 +111,25 @@ pub struct KombuOptions {
     pub channel_pool_size: usize,
     /// TLS (`amqps`), verifying the broker's certificate and host name.
     pub ssl: bool,
+    /// PEM file of the CA certificates that verify the broker (default: the
+    /// system's trusted roots).
     pub ssl_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for brokers that require one (and for the
+    /// `EXTERNAL` login method); needs `ssl_key_file`.
     pub ssl_cert_file: Option<PathBuf>,
+    /// PEM (PKCS#8) private key of `ssl_cert_file`; needs `ssl_cert_file`.
     pub ssl_key_file: Option<PathBuf>,
-    /// Shown in connection names in the management UI (default: host name).
+    /// Reply and fanout queues named `<hostname>:<processname>:<n>` from a
+    /// counter shared by the service's processes, as oslo's
+    /// `use_queue_manager`: a restarted service reuses its queues instead of
+    /// creating new ones. Such queues are left to expire
+    /// (`transient_queues_ttl`) rather than deleted when a listener stops.
+    pub use_queue_manager: bool,
+    /// Shown in connection names in the management UI and used in queue
+    /// manager names (default: host name).
     pub hostname: Option<String>,
-    /// Shown in connection names (default: the executable's name).
+    /// Shown in connection names and used in queue manager names (default:
+    /// the executable's name).
     pub processname: Option<String>,
     /// The SASL mechanism: `PLAIN` (default), `AMQPLAIN` or `EXTERNAL`.
     #[serde(alias = "rabbit_login_method")]
@@ -151,6 +168,7 @@ impl Default for KombuOptions {
             ssl_ca_file: None,
             ssl_cert_file: None,
             ssl_key_file: None,
+            use_queue_manager: false,
             hostname: None,
             processname: None,
             login_method: LoginMethod::Plain,
@@ -161,6 +179,23 @@ impl Default for KombuOptions {
 }
 
 impl KombuOptions {
+    /// `hostname`, or the machine's host name.
+    pub fn hostname_or_default(&self) -> String {
+        self.hostname
+            .clone()
+            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+    }
+
+    /// `processname`, or the executable's file name.
+    pub fn processname_or_default(&self) -> String {
+        self.processname.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "novarpc".to_owned())
+        })
+    }
+
     /// Parses `[kombu]` and checks values; reads no files.
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
         let options: KombuOptions = config.section("kombu")?;
@@ -206,6 +241,8 @@ impl KombuOptions {
         Ok(options)
     }
 
+    /// The backoff for reconnecting and republishing, from `retry_interval`,
+    /// `retry_interval_max` and `max_retries`.
     pub fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy::from_secs_f64(
             self.retry_interval,

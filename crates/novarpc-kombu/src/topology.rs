@@ -70,7 +70,8 @@ pub(crate) struct QueueSpec {
     pub(crate) exclusive: bool,
     pub(crate) arguments: FieldTable,
     pub(crate) bindings: Vec<(Exchange, String)>,
-    /// Deleted when its listener stops (per-process fanout and reply queues).
+    /// Deleted when its listener stops (per-process fanout and reply queues,
+    /// unless a queue manager names them).
     pub(crate) transient: bool,
     /// Arguments of `basic.consume` (`x-stream-offset` on streams).
     pub(crate) consumer_arguments: FieldTable,
@@ -149,7 +150,9 @@ impl QueueSpec {
             exclusive: false,
             arguments,
             bindings,
-            transient: true,
+            // A queue manager's names come back after a restart: such queues
+            // are reused, and left to expire, as oslo leaves them.
+            transient: !options.use_queue_manager,
             consumer_arguments: FieldTable::default(),
         }
     }

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::connection::{broker_hosts, Broker, ChannelManager, KombuConnector};
 use crate::consumer::{ConsumerSet, KombuListener};
 use crate::options::KombuOptions;
+use crate::queue_manager::QueueManager;
 use crate::topology::{Exchange, QueueSpec};
 use crate::{KombuError, BACKEND, CAPABILITIES};
 
@@ -42,6 +43,8 @@ struct Shared {
     /// Exchanges and notification queues declared on the current connection.
     declared: Mutex<Declared>,
     reply_queue: OnceCell<String>,
+    /// Names reply and fanout queues when `use_queue_manager` is on.
+    queue_manager: Option<QueueManager>,
     reply_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     replies: Arc<ReplyRegistry>,
     shutdown: CancellationToken,
@@ -139,6 +142,12 @@ impl KombuDriver {
             },
             options.channel_pool_size,
         );
+        let queue_manager = options.use_queue_manager.then(|| {
+            QueueManager::new(
+                &options.hostname_or_default(),
+                &options.processname_or_default(),
+            )
+        });
         Ok(KombuDriver {
             shared: Arc::new(Shared {
                 common,
@@ -152,6 +161,7 @@ impl KombuDriver {
                     names: HashSet::new(),
                 }),
                 reply_queue: OnceCell::new(),
+                queue_manager,
                 reply_task: Mutex::new(None),
                 replies: ReplyRegistry::new(),
                 shutdown: CancellationToken::new(),
@@ -356,7 +366,7 @@ impl KombuDriver {
         let name = shared
             .reply_queue
             .get_or_try_init(|| async {
-                let name = format!("reply_{}", envelope::new_unique_id());
+                let name = format!("reply_{}", self.unique_name()?);
                 let mut consumers = ConsumerSet::declare_consumers(
                     shared.broker.clone(),
                     shared.options.clone(),
@@ -380,7 +390,18 @@ impl KombuDriver {
         Ok(name)
     }
 
-    fn listen_spec(&self, target: &Target) -> Vec<QueueSpec> {
+    /// What tells a process's reply or fanout queue apart: a uuid, or with
+    /// the queue manager the next `<hostname>:<processname>:<n>`.
+    fn unique_name(&self) -> Result<String> {
+        match &self.shared.queue_manager {
+            None => Ok(envelope::new_unique_id()),
+            Some(manager) => manager
+                .next_name()
+                .map_err(|error| Error::transport(BACKEND, KombuError::QueueManager(error))),
+        }
+    }
+
+    fn listen_spec(&self, target: &Target) -> Result<Vec<QueueSpec>> {
         let options = &self.shared.options;
         let exchange = self.control_exchange(target);
         let topic = &target.topic;
@@ -391,10 +412,10 @@ impl KombuDriver {
         }
         queues.push(QueueSpec::fanout_consumer(
             target,
-            &envelope::new_unique_id(),
+            &self.unique_name()?,
             options,
         ));
-        queues
+        Ok(queues)
     }
 }
 
@@ -567,7 +588,7 @@ impl Driver for KombuDriver {
         let consumers = ConsumerSet::declare_consumers(
             self.shared.broker.clone(),
             self.shared.options.clone(),
-            self.listen_spec(target),
+            self.listen_spec(target)?,
             false,
             self.shared.shutdown.child_token(),
         )

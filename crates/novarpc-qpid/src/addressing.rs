@@ -15,8 +15,10 @@ pub enum AddressingProfile {
     #[default]
     Rabbitmq3,
     /// RabbitMQ 4.x native AMQP 1.0 (v2 addresses): `/queues/NAME` and
-    /// `/exchanges/amq.topic/KEY`. v2 addresses never declare anything: the
-    /// queues must exist (declared by an operator or a 0-9-1 client).
+    /// `/exchanges/amq.topic/KEY`. v2 addresses declare nothing, so the
+    /// driver declares queues and bindings through the broker's
+    /// `/management` node: durable shared queues, and exclusive reply and
+    /// fanout queues that go away with the connection.
     Rabbitmq4,
     /// ActiveMQ classic and Artemis: `queue://NAME`, `topic://NAME`, and a
     /// dynamic (broker-named, temporary) reply queue per process.
@@ -76,6 +78,32 @@ pub struct Node {
     /// Terminus capability naming the node's kind, for brokers that want it
     /// (Artemis reads `queue`/`topic`).
     pub capability: Option<String>,
+    /// The queue to declare (through the broker's management node) before
+    /// a link attaches, on brokers whose addresses declare nothing.
+    pub declare: Option<Declaration>,
+}
+
+/// How long a declared queue lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueLifetime {
+    /// A shared (topic, server or notification) queue: durable, it outlives
+    /// its consumers and waits for the next.
+    Shared,
+    /// A process's own (reply or fanout) queue: exclusive to the connection
+    /// that declared it and deleted with it or with its last consumer.
+    Private,
+}
+
+/// A queue to declare, and the `(exchange, binding key)` pairs that route
+/// to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Declaration {
+    /// The queue's name.
+    pub queue: String,
+    /// Shared or private.
+    pub lifetime: QueueLifetime,
+    /// Bindings to create after the queue.
+    pub bindings: Vec<(String, String)>,
 }
 
 /// Where a process receives its replies.
@@ -91,7 +119,7 @@ pub enum ReplyNode {
 }
 
 /// Percent-encodes a path segment as RabbitMQ 4's v2 addresses require.
-fn v2_segment(name: &str) -> String {
+pub(crate) fn v2_segment(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for byte in name.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
@@ -107,6 +135,26 @@ fn node(address: String, capability: Option<&str>) -> Node {
     Node {
         address,
         capability: capability.map(str::to_owned),
+        declare: None,
+    }
+}
+
+/// The exchange RabbitMQ 4's multicast (fanout and notification) keys are
+/// routed through.
+const RABBITMQ4_EXCHANGE: &str = "amq.topic";
+
+/// A RabbitMQ 4 queue node, declared before use.
+fn rabbitmq4_queue(name: &str, lifetime: QueueLifetime, bound_to: Option<&str>) -> Node {
+    Node {
+        address: format!("/queues/{}", v2_segment(name)),
+        capability: None,
+        declare: Some(Declaration {
+            queue: name.to_owned(),
+            lifetime,
+            bindings: bound_to
+                .map(|key| vec![(RABBITMQ4_EXCHANGE.to_owned(), key.to_owned())])
+                .unwrap_or_default(),
+        }),
     }
 }
 
@@ -144,37 +192,33 @@ impl Addressing {
     /// Whether the broker has multicast nodes (fanout).
     fn has_multicast(&self) -> bool {
         match self.profile {
-            AddressingProfile::Rabbitmq3 | AddressingProfile::Activemq => true,
-            AddressingProfile::Rabbitmq4 => false,
+            AddressingProfile::Rabbitmq3
+            | AddressingProfile::Rabbitmq4
+            | AddressingProfile::Activemq => true,
             AddressingProfile::Generic => self.generic.multicast_prefix.is_some(),
         }
     }
 
-    /// What a transport with this addressing can do. AMQP 1.0 cannot declare
-    /// a shared queue bound to an exchange, so notification pools and taps
-    /// are out everywhere; RabbitMQ 4's v2 addresses declare nothing, so
-    /// until queues are declared through its management node the profile
-    /// can only cast to queues that exist; a broker without multicast has no
-    /// fanout.
+    /// Whether queues are declared (and deleted) through the broker's
+    /// management node rather than by attaching to an address.
+    pub fn manages_queues(&self) -> bool {
+        self.profile == AddressingProfile::Rabbitmq4
+    }
+
+    /// What a transport with this addressing can do. Plain AMQP 1.0 cannot
+    /// declare a shared queue bound to an exchange, so notification pools
+    /// are out, nor delete one, except where queues are managed (RabbitMQ
+    /// 4's management node); taps are out everywhere (requests go straight
+    /// to their queue); a broker without multicast has no fanout.
     pub fn capabilities(&self) -> Capabilities {
-        let amqp1 = Capabilities {
-            notification_pools: false,
+        let managed = self.manages_queues();
+        Capabilities {
+            notification_pools: managed,
             taps: false,
-            // RabbitMQ 3 cannot delete queues over AMQP 1.0.
-            removes_targets: false,
+            removes_targets: managed,
             fanout: self.has_multicast(),
             fanout_to_server: self.has_multicast(),
             ..Capabilities::ALL
-        };
-        match self.profile {
-            AddressingProfile::Rabbitmq4 => Capabilities {
-                call: false,
-                multicall: false,
-                notifications: false,
-                serve: false,
-                ..amqp1
-            },
-            _ => amqp1,
         }
     }
 
@@ -183,7 +227,7 @@ impl Addressing {
     pub fn anycast(&self, name: &str) -> Node {
         match self.profile {
             AddressingProfile::Rabbitmq3 => node(format!("/queue/{name}"), None),
-            AddressingProfile::Rabbitmq4 => node(format!("/queues/{}", v2_segment(name)), None),
+            AddressingProfile::Rabbitmq4 => rabbitmq4_queue(name, QueueLifetime::Shared, None),
             AddressingProfile::Activemq => node(format!("queue://{name}"), Some("queue")),
             AddressingProfile::Generic => node(
                 format!("{}{name}", self.generic.anycast_prefix),
@@ -198,7 +242,7 @@ impl Addressing {
         match self.profile {
             AddressingProfile::Rabbitmq3 => Some(node(format!("/topic/{key}"), None)),
             AddressingProfile::Rabbitmq4 => Some(node(
-                format!("/exchanges/amq.topic/{}", v2_segment(key)),
+                format!("/exchanges/{RABBITMQ4_EXCHANGE}/{}", v2_segment(key)),
                 None,
             )),
             AddressingProfile::Activemq => Some(node(format!("topic://{key}"), Some("topic"))),
@@ -212,12 +256,49 @@ impl Addressing {
     }
 
     /// Where a receiver of a multicast attaches, or `None` where the broker
-    /// has none or needs a bound queue declared first (RabbitMQ 4's v2
-    /// addresses).
-    pub fn multicast_source(&self, key: &str) -> Option<Node> {
+    /// has none. On RabbitMQ 4 that is a private queue of the receiver's
+    /// own (`KEY.UNIQUE`) bound to the key, declared before the attach:
+    /// `unique` makes its name.
+    pub fn multicast_source(&self, key: &str, unique: &str) -> Option<Node> {
         match self.profile {
-            AddressingProfile::Rabbitmq4 => None,
+            AddressingProfile::Rabbitmq4 => Some(rabbitmq4_queue(
+                &format!("{key}.{unique}"),
+                QueueLifetime::Private,
+                Some(key),
+            )),
             _ => self.multicast_target(key),
+        }
+    }
+
+    /// Where notifications of `name` (`EXCHANGE.TOPIC.PRIORITY`) are sent.
+    /// Where queues are managed they go through the exchange, so listener
+    /// pools each get a copy, and the sender declares the default queue
+    /// bound to the key, as oslo's notifier does.
+    pub fn notification_target(&self, name: &str) -> Node {
+        if self.manages_queues() {
+            let mut node = self
+                .multicast_target(name)
+                .expect("a managed broker has multicast");
+            node.declare = rabbitmq4_queue(name, QueueLifetime::Shared, Some(name)).declare;
+            node
+        } else {
+            self.anycast(name)
+        }
+    }
+
+    /// Where a notification listener receives `name`: the shared default
+    /// queue, or a pool's own shared queue (`NAME.POOL`). `None` for a pool
+    /// where queues cannot be declared with bindings.
+    pub fn notification_source(&self, name: &str, pool: Option<&str>) -> Option<Node> {
+        match (self.manages_queues(), pool) {
+            (true, None) => Some(rabbitmq4_queue(name, QueueLifetime::Shared, Some(name))),
+            (true, Some(pool)) => Some(rabbitmq4_queue(
+                &format!("{name}.{pool}"),
+                QueueLifetime::Shared,
+                Some(name),
+            )),
+            (false, None) => Some(self.anycast(name)),
+            (false, Some(_)) => None,
         }
     }
 
@@ -231,7 +312,9 @@ impl Addressing {
                 self.multicast_target(name)
                     .expect("RabbitMQ 3 has multicast"),
             ),
-            AddressingProfile::Rabbitmq4 => ReplyNode::Queue(self.anycast(name)),
+            AddressingProfile::Rabbitmq4 => {
+                ReplyNode::Queue(rabbitmq4_queue(name, QueueLifetime::Private, None))
+            }
             AddressingProfile::Activemq => ReplyNode::Dynamic,
             AddressingProfile::Generic => match self.generic.reply {
                 GenericReply::Dynamic => ReplyNode::Dynamic,
@@ -247,6 +330,7 @@ pub fn topic_queue(exchange: &str, routing_key: &str) -> String {
     format!("{exchange}.{routing_key}")
 }
 
+/// The multicast key of a topic's (or a server's) fanout.
 pub fn fanout_key(exchange: &str, routing_key: &str) -> String {
     format!("{exchange}.{routing_key}.fanout")
 }
@@ -274,14 +358,15 @@ mod tests {
             "/topic/nova.compute.fanout"
         );
         assert_eq!(
-            a(Rabbitmq3).multicast_source("nova.compute.fanout"),
+            a(Rabbitmq3).multicast_source("nova.compute.fanout", "u1"),
             a(Rabbitmq3).multicast_target("nova.compute.fanout")
         );
         assert_eq!(
             a(Rabbitmq3).reply("reply_ab12"),
             ReplyNode::Multicast(Node {
                 address: "/topic/reply_ab12".into(),
-                capability: None
+                capability: None,
+                declare: None,
             })
         );
     }
@@ -300,14 +385,55 @@ mod tests {
                 .address,
             "/exchanges/amq.topic/nova.compute.fanout"
         );
-        assert_eq!(a(Rabbitmq4).multicast_source("k"), None);
+        let fanout = a(Rabbitmq4).multicast_source("k.fanout", "u1").unwrap();
+        assert_eq!(fanout.address, "/queues/k.fanout.u1");
         assert_eq!(
-            a(Rabbitmq4).reply("reply_1"),
-            ReplyNode::Queue(Node {
-                address: "/queues/reply_1".into(),
-                capability: None
+            fanout.declare,
+            Some(Declaration {
+                queue: "k.fanout.u1".into(),
+                lifetime: QueueLifetime::Private,
+                bindings: vec![("amq.topic".into(), "k.fanout".into())],
             })
         );
+        let ReplyNode::Queue(reply) = a(Rabbitmq4).reply("reply_1") else {
+            panic!("RabbitMQ 4 replies go to a queue");
+        };
+        assert_eq!(reply.address, "/queues/reply_1");
+        assert_eq!(
+            reply.declare.map(|d| (d.lifetime, d.bindings.len())),
+            Some((QueueLifetime::Private, 0))
+        );
+    }
+
+    #[test]
+    fn rabbitmq4_declares_queues_and_routes_notifications_through_amq_topic() {
+        let rabbit4 = a(Rabbitmq4);
+        assert!(rabbit4.manages_queues());
+        let caps = rabbit4.capabilities();
+        assert!(caps.call && caps.serve && caps.fanout && caps.notification_pools);
+        assert!(caps.removes_targets && !caps.taps);
+        let shared = rabbit4.anycast("nova.compute").declare.unwrap();
+        assert_eq!(shared.lifetime, QueueLifetime::Shared);
+        assert!(shared.bindings.is_empty());
+        let sent = rabbit4.notification_target("nova.notifications.info");
+        assert_eq!(sent.address, "/exchanges/amq.topic/nova.notifications.info");
+        assert_eq!(
+            sent.declare.unwrap().queue,
+            "nova.notifications.info",
+            "the sender declares the default queue"
+        );
+        let pool = rabbit4
+            .notification_source("nova.notifications.info", Some("p1"))
+            .unwrap();
+        assert_eq!(pool.address, "/queues/nova.notifications.info.p1");
+        assert_eq!(
+            pool.declare.unwrap().bindings,
+            vec![("amq.topic".into(), "nova.notifications.info".into())]
+        );
+        // Elsewhere pools need bindings that cannot be declared.
+        assert_eq!(a(Rabbitmq3).notification_source("n", Some("p1")), None);
+        assert!(!a(Rabbitmq3).capabilities().notification_pools);
+        assert!(a(Rabbitmq3).anycast("n").declare.is_none());
     }
 
     #[test]
@@ -315,7 +441,9 @@ mod tests {
         let queue = a(Activemq).anycast("nova.compute");
         assert_eq!(queue.address, "queue://nova.compute");
         assert_eq!(queue.capability.as_deref(), Some("queue"));
-        let topic = a(Activemq).multicast_source("nova.compute.fanout").unwrap();
+        let topic = a(Activemq)
+            .multicast_source("nova.compute.fanout", "u1")
+            .unwrap();
         assert_eq!(topic.address, "topic://nova.compute.fanout");
         assert_eq!(topic.capability.as_deref(), Some("topic"));
         assert_eq!(a(Activemq).reply("reply_1"), ReplyNode::Dynamic);
@@ -328,7 +456,7 @@ mod tests {
             generic: GenericAddressing::default(),
         };
         assert_eq!(without.anycast("nova.compute").address, "nova.compute");
-        assert_eq!(without.multicast_source("k"), None);
+        assert_eq!(without.multicast_source("k", "u1"), None);
         assert!(!without.capabilities().fanout);
         assert_eq!(without.reply("r"), ReplyNode::Dynamic);
         let with = Addressing {
@@ -342,14 +470,15 @@ mod tests {
             },
         };
         assert!(with.capabilities().fanout);
-        let topic = with.multicast_source("k").unwrap();
+        let topic = with.multicast_source("k", "u1").unwrap();
         assert_eq!(topic.address, "topic://k");
         assert_eq!(topic.capability.as_deref(), Some("topic"));
         assert_eq!(
             with.reply("r"),
             ReplyNode::Queue(Node {
                 address: "queue://r".into(),
-                capability: Some("queue".into())
+                capability: Some("queue".into()),
+                declare: None,
             })
         );
     }

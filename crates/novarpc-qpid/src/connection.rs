@@ -18,14 +18,17 @@ use novarpc_core::ConfigError;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::addressing::Node;
+use crate::addressing::{Declaration, Node};
+use crate::management::Management;
 use crate::options::{QpidOptions, SaslMechanism};
 use crate::QpidError;
 use novarpc_core::ErrorKind;
 
 /// TLS settings read from the files the options name (at connect time:
 /// building the configuration does no I/O).
-fn tls_connector(options: &QpidOptions) -> Result<tokio_rustls::TlsConnector, QpidError> {
+pub(crate) fn tls_connector(
+    options: &QpidOptions,
+) -> Result<tokio_rustls::TlsConnector, QpidError> {
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -88,13 +91,28 @@ pub(crate) struct AmqpConnection {
     /// concurrent calls used to attach 272 links for 2 addresses, which some
     /// brokers answer with `no such handle` errors).
     attaching: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The management link pair, attached on first use (RabbitMQ 4).
+    management: tokio::sync::Mutex<Option<Management>>,
     /// Cancelled once the connection is known to be unusable.
     closed: CancellationToken,
     durable_queues: bool,
+    quorum_queues: bool,
+    /// What the management connection needs: the broker, the options and
+    /// a container id.
+    host: BrokerAddress,
+    options: QpidOptions,
+    container_id: String,
     pub(crate) description: String,
 }
 
 pub(crate) type SharedSender = Arc<tokio::sync::Mutex<Sender>>;
+
+/// A request to the management node.
+#[derive(Clone, Copy)]
+enum ManagementRequest<'a> {
+    Declare(&'a Declaration),
+    Delete(&'a str),
+}
 
 struct SenderCache {
     links: HashMap<String, (u64, SharedSender)>,
@@ -179,6 +197,60 @@ impl AmqpConnection {
         }
     }
 
+    /// The management link pair, attached on first use; one request at a
+    /// time (declarations are rare: once per queue and connection). Says
+    /// whether the pair is new.
+    async fn management(
+        &self,
+    ) -> Result<(tokio::sync::MutexGuard<'_, Option<Management>>, bool), QpidError> {
+        let mut slot = self.management.lock().await;
+        let fresh = slot.is_none();
+        if fresh {
+            *slot = Some(Management::open(&self.host, &self.options, &self.container_id).await?);
+        }
+        Ok((slot, fresh))
+    }
+
+    /// Runs a management request. A failure of the management connection
+    /// (not an error status) drops it; a kept one may have been closed by
+    /// the broker while idle, so the request is tried once more on a new one.
+    async fn manage(&self, request: ManagementRequest<'_>) -> Result<(), QpidError> {
+        loop {
+            let (mut slot, fresh) = self.management().await?;
+            let management = slot.as_mut().expect("attached by management()");
+            let result = match request {
+                ManagementRequest::Declare(declaration) => {
+                    management.declare(declaration, self.quorum_queues).await
+                }
+                ManagementRequest::Delete(queue) => management.delete_queue(queue).await,
+            };
+            if let Err(QpidError::Management { status: None, .. }) = &result {
+                if let Some(broken) = slot.take() {
+                    broken.close().await;
+                }
+                if !fresh {
+                    tracing::debug!("management connection lost; reconnecting");
+                    continue;
+                }
+            }
+            return result;
+        }
+    }
+
+    /// Declares a queue and its bindings through the management node.
+    pub(crate) async fn declare(&self, declaration: &Declaration) -> Result<(), QpidError> {
+        let result = self.manage(ManagementRequest::Declare(declaration)).await;
+        if result.is_ok() {
+            tracing::debug!(queue = %declaration.queue, "queue declared");
+        }
+        result
+    }
+
+    /// Deletes a queue through the management node.
+    pub(crate) async fn delete_queue(&self, queue: &str) -> Result<(), QpidError> {
+        self.manage(ManagementRequest::Delete(queue)).await
+    }
+
     /// The cached sender link to `address`, marked as just used.
     fn cached_sender(&self, address: &str) -> Option<SharedSender> {
         let mut cache = self.senders.lock();
@@ -217,6 +289,10 @@ impl AmqpConnection {
     }
 
     async fn attach_sender(&self, node: &Node, durable: bool) -> Result<SharedSender, QpidError> {
+        // v2 addresses refuse a link to a queue that does not exist yet.
+        if let Some(declaration) = &node.declare {
+            self.declare(declaration).await?;
+        }
         let mut target = Target::builder()
             .address(node.address.clone())
             .durable(durability(durable && self.durable_queues));
@@ -320,6 +396,9 @@ impl AmqpConnection {
                 .await;
             }
         }
+        if let Some(management) = self.management.lock().await.take() {
+            management.close().await;
+        }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
             let _ = self.session.lock().await.end().await;
             let _ = self.connection.lock().await.close().await;
@@ -387,6 +466,7 @@ impl Connector for QpidConnector {
     type Host = BrokerAddress;
     type Connection = Arc<AmqpConnection>;
     type Error = QpidError;
+    const BACKEND: &'static str = "qpid";
 
     async fn connect(&self, host: &BrokerAddress) -> Result<Arc<AmqpConnection>, QpidError> {
         let description = host.describe();
@@ -495,8 +575,13 @@ impl Connector for QpidConnector {
                 capacity: self.options.sender_cache_size,
             }),
             attaching: parking_lot::Mutex::new(HashMap::new()),
+            management: tokio::sync::Mutex::new(None),
             closed: CancellationToken::new(),
             durable_queues: self.options.durable_queues,
+            quorum_queues: self.options.quorum_queues,
+            host: host.clone(),
+            options: self.options.clone(),
+            container_id: self.container_id.clone(),
             description,
         });
         watch_engine(Arc::downgrade(&connection));

@@ -54,6 +54,16 @@ impl ReceiveFrom {
         }
     }
 
+    /// The queue to declare before attaching, if the broker needs one.
+    fn declaration(&self) -> Option<&crate::addressing::Declaration> {
+        match self {
+            ReceiveFrom::Queue { node, .. } | ReceiveFrom::Multicast { node } => {
+                node.declare.as_ref()
+            }
+            ReceiveFrom::Dynamic => None,
+        }
+    }
+
     fn describe(&self) -> &str {
         match self {
             ReceiveFrom::Queue { node, .. } | ReceiveFrom::Multicast { node } => &node.address,
@@ -249,6 +259,13 @@ async fn receive_round(
         Ok(s) => s,
         Err(e) => return Ended::Failed(e),
     };
+    // Declared on every round: private queues went with the last connection.
+    for declaration in sources.iter().filter_map(ReceiveFrom::declaration) {
+        if let Err(error) = connection.declare(declaration).await {
+            let _ = session.end().await;
+            return Ended::Failed(error);
+        }
+    }
     let mut receivers = Vec::with_capacity(sources.len());
     let mut addresses = Vec::with_capacity(sources.len());
     for source in sources {

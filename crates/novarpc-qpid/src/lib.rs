@@ -9,9 +9,12 @@
 //! The message mapping (which section holds the envelope, which properties
 //! carry ids and addresses) is documented in `docs/amqp1-mapping.md`.
 
+#![deny(missing_docs)]
+
 mod addressing;
 mod connection;
 mod consumer;
+mod management;
 mod options;
 mod sasl;
 mod transport;
@@ -22,7 +25,8 @@ use novarpc_core::driver::{Driver, DriverDescriptor};
 use novarpc_core::{Classify, ErrorKind};
 
 pub use addressing::{
-    Addressing, AddressingProfile, GenericAddressing, GenericReply, Node, ReplyNode,
+    Addressing, AddressingProfile, Declaration, GenericAddressing, GenericReply, Node,
+    QueueLifetime, ReplyNode,
 };
 pub use options::{QpidOptions, SaslMechanism};
 pub use transport::QpidDriver;
@@ -114,6 +118,19 @@ pub enum QpidError {
         /// The broker will not take it again on this link.
         undeliverable_here: bool,
     },
+    /// The broker's management node refused a request (declaring or
+    /// deleting a queue or binding), or its link failed.
+    #[error("the broker's management node: {request}: {}{reason}", status.map(|s| format!("status {s}: ")).unwrap_or_default())]
+    Management {
+        /// The request (`PUT /queues/NAME` ...).
+        request: String,
+        /// The HTTP status code answered, if any.
+        status: Option<u16>,
+        /// The broker's reason.
+        reason: String,
+        /// Its classification.
+        kind: ErrorKind,
+    },
     /// Retrying a temporary failure did not help.
     #[error("gave up after {attempts} attempts")]
     GaveUp {
@@ -128,7 +145,9 @@ pub enum QpidError {
 impl Classify for QpidError {
     fn kind(&self) -> ErrorKind {
         match self {
-            QpidError::Connect { kind, .. } | QpidError::Attach { kind, .. } => *kind,
+            QpidError::Connect { kind, .. }
+            | QpidError::Attach { kind, .. }
+            | QpidError::Management { kind, .. } => *kind,
             QpidError::Tls(_) => ErrorKind::Tls,
             QpidError::Session(_) | QpidError::Send(_) | QpidError::Receive(_) => {
                 ErrorKind::Unreachable

@@ -28,6 +28,7 @@ pub struct QpidOptions {
     pub addressing: AddressingProfile,
     /// Node naming of the `generic` profile.
     pub generic: GenericAddressing,
+    /// The SASL mechanism: `PLAIN` (default) or `ANONYMOUS`.
     pub sasl_mechanism: SaslMechanism,
     /// Credit granted to each receiver link (messages in flight per link).
     #[serde(alias = "prefetch_count")]
@@ -44,10 +45,15 @@ pub struct QpidOptions {
     /// a link that would redeclare it differently.
     #[serde(alias = "amqp_durable_queues")]
     pub durable_queues: bool,
+    /// Where the driver declares queues (`rabbitmq4`): shared queues are
+    /// quorum queues (replicated across a cluster) instead of classic ones.
+    #[serde(alias = "rabbit_quorum_queue")]
+    pub quorum_queues: bool,
     /// Seconds before the first reconnect attempt; later ones back off
     /// exponentially (with jitter) up to `retry_interval_max`.
     #[serde(alias = "connection_retry_interval")]
     pub retry_interval: f64,
+    /// The longest wait between reconnect or send retries, in seconds.
     #[serde(alias = "connection_retry_interval_max")]
     pub retry_interval_max: f64,
     /// Retries of a failed send or connect before giving up with an error
@@ -60,9 +66,14 @@ pub struct QpidOptions {
     pub sender_cache_size: usize,
     /// TLS (`amqps`), verifying the broker's certificate and host name.
     pub ssl: bool,
+    /// PEM file of the CA certificates that verify the broker (default: the
+    /// system's trusted roots).
     #[serde(alias = "ssl_ca_file")]
     pub ssl_ca_file: Option<PathBuf>,
+    /// PEM client certificate chain, for brokers that require TLS client
+    /// authentication; needs `ssl_key_file`.
     pub ssl_cert_file: Option<PathBuf>,
+    /// PEM private key of `ssl_cert_file`; needs `ssl_cert_file`.
     pub ssl_key_file: Option<PathBuf>,
     /// AMQP container id prefix (default: host name); a unique suffix is added.
     pub container_name: Option<String>,
@@ -78,6 +89,7 @@ impl Default for QpidOptions {
             heartbeat_timeout: 60,
             publisher_confirms: true,
             durable_queues: false,
+            quorum_queues: false,
             retry_interval: 1.0,
             retry_interval_max: 30.0,
             max_retries: 3,
@@ -131,6 +143,8 @@ impl QpidOptions {
         Ok(options)
     }
 
+    /// The backoff for reconnecting and resending, from `retry_interval`,
+    /// `retry_interval_max` and `max_retries`.
     pub fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy::from_secs_f64(
             self.retry_interval,

@@ -83,6 +83,10 @@ struct Outgoing<'a> {
     settlement: Settlement,
     policy: RetryPolicy,
     give_up_at: Option<Instant>,
+    /// A fanout: the broker's `released` for a message no queue is bound to
+    /// take means nobody listens, and the message is dropped (as fanouts
+    /// without listeners are on every backend).
+    fanout: bool,
 }
 
 fn message(
@@ -203,6 +207,7 @@ impl QpidDriver {
             settlement,
             policy,
             give_up_at,
+            fanout,
         } = outgoing;
         let sendable = Sendable::builder()
             .message(message)
@@ -210,7 +215,15 @@ impl QpidDriver {
             .build();
         ensure(
             &policy,
-            |_| self.try_send(node, durable_node, &sendable, settlement),
+            |_| async {
+                match self.try_send(node, durable_node, &sendable, settlement).await {
+                    Err(QpidError::Released { .. }) if fanout => {
+                        tracing::debug!(address = %node.address, "fanout without listeners dropped");
+                        Ok(())
+                    }
+                    other => other,
+                }
+            },
             |error, attempt| {
                 let retry = error.is_retryable() && give_up_at.is_none_or(|at| Instant::now() < at);
                 tracing::debug!(error = %novarpc_core::error_chain(error), attempt, address = %node.address, retry, "send failed");
@@ -374,11 +387,20 @@ impl QpidDriver {
     }
 
     fn multicast_source(&self, key: &str) -> Result<ReceiveFrom> {
-        match self.shared.addressing.multicast_source(key) {
+        match self
+            .shared
+            .addressing
+            .multicast_source(key, &envelope::new_unique_id())
+        {
+            // A private queue the driver declares and binds (RabbitMQ 4).
+            Some(node) if node.declare.is_some() => Ok(ReceiveFrom::Queue {
+                node,
+                durable: false,
+            }),
             Some(node) => Ok(ReceiveFrom::Multicast { node }),
             None => Err(Error::Unsupported {
                 backend: BACKEND,
-                operation: "receiving a fanout on this addressing profile (its queues must be declared first)",
+                operation: "receiving a fanout (this broker has no multicast)",
             }),
         }
     }
@@ -438,6 +460,7 @@ impl Driver for QpidDriver {
             settlement: self.cast_settlement(),
             policy: self.shared.options.retry_policy(),
             give_up_at: None,
+            fanout: target.fanout,
         }))
         .await
         .map_err(Error::from)
@@ -465,6 +488,7 @@ impl Driver for QpidDriver {
             settlement: Settlement::PreSettled,
             policy: self.shared.options.retry_policy(),
             give_up_at: Some(Instant::now() + call.remaining),
+            fanout: false,
         }))
         .await
         .map_err(Error::from)
@@ -473,9 +497,11 @@ impl Driver for QpidDriver {
     async fn send_reply(&self, reply_q: &str, msg_id: &str, body: Bytes) -> Result<()> {
         self.check_open()?;
         let _slot = self.send_slot().await;
+        // The caller's node, declared by the caller.
         let node = Node {
             address: reply_q.to_owned(),
             capability: None,
+            declare: None,
         };
         let props = Properties::builder()
             .content_type("application/json")
@@ -491,6 +517,7 @@ impl Driver for QpidDriver {
             settlement: Settlement::Confirmed,
             policy: self.shared.options.retry_policy(),
             give_up_at: None,
+            fanout: false,
         }))
         .await
         .map_err(Error::from)
@@ -505,9 +532,12 @@ impl Driver for QpidDriver {
         self.check_open()?;
         let _slot = self.send_slot().await;
         let key = target.notification_key(priority);
-        // A shared queue, as oslo's notifier declares: notifications wait
-        // for a listener.
-        let node = self.anycast(&topic_queue(self.exchange(target), &key));
+        // Into a shared queue, as oslo's notifier declares: notifications
+        // wait for a listener.
+        let node = self
+            .shared
+            .addressing
+            .notification_target(&topic_queue(self.exchange(target), &key));
         let props = properties(envelope::new_unique_id(), &key).build();
         Box::pin(self.deliver(Outgoing {
             node: &node,
@@ -516,6 +546,7 @@ impl Driver for QpidDriver {
             settlement: self.cast_settlement(),
             policy: self.shared.options.retry_policy(),
             give_up_at: None,
+            fanout: false,
         }))
         .await
         .map_err(Error::from)
@@ -553,20 +584,42 @@ impl Driver for QpidDriver {
         pool: Option<&str>,
     ) -> Result<Box<dyn Listener>> {
         self.check_open()?;
-        // Pools are refused by the handle (no `notification_pools`).
-        debug_assert!(pool.is_none());
         let mut sources = Vec::new();
         for target in targets {
             let exchange = self.exchange(target);
             for priority in priorities {
                 let key = target.notification_key(*priority);
+                // The handle refused pools where the capability is off.
+                let node = self
+                    .shared
+                    .addressing
+                    .notification_source(&topic_queue(exchange, &key), pool)
+                    .ok_or(Error::Unsupported {
+                        backend: BACKEND,
+                        operation: "notification listener pools",
+                    })?;
                 sources.push(ReceiveFrom::Queue {
-                    node: self.anycast(&topic_queue(exchange, &key)),
+                    node,
                     durable: self.shared.options.durable_queues,
                 });
             }
         }
         self.start_listener(sources).await
+    }
+
+    async fn delete_target(&self, target: &Target) -> Result<()> {
+        self.check_open()?;
+        // Only called with `removes_targets`: where queues are managed.
+        let exchange = self.exchange(target);
+        let mut names = vec![topic_queue(exchange, &target.topic)];
+        if target.server.is_some() {
+            names.push(topic_queue(exchange, &target.routing_key()));
+        }
+        let (_, connection) = self.send_connection().await?;
+        for name in names {
+            connection.delete_queue(&name).await?;
+        }
+        Ok(())
     }
 
     async fn close(&self) -> Result<()> {

@@ -25,19 +25,37 @@ static BROKER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The test broker's `rabbitmqctl` (`NOVARPC_TEST_RABBITMQCTL`, words split
+/// on white space; default `rabbitmqctl`): its program name and a command
+/// to add arguments to.
+pub fn rabbitmqctl_command() -> (String, tokio::process::Command) {
+    let words = rabbitmqctl_argv();
+    let mut command = tokio::process::Command::new(&words[0]);
+    command.args(&words[1..]);
+    (words[0].clone(), command)
+}
+
+/// The words of the `rabbitmqctl` command for the broker under test
+/// (`NOVARPC_TEST_RABBITMQCTL` split on spaces, else `rabbitmqctl`); never
+/// empty.
+pub fn rabbitmqctl_argv() -> Vec<String> {
+    let configured =
+        std::env::var("NOVARPC_TEST_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
+    let words: Vec<String> = configured.split_whitespace().map(str::to_owned).collect();
+    if words.is_empty() {
+        vec!["rabbitmqctl".to_owned()]
+    } else {
+        words
+    }
+}
+
 /// Runs `rabbitmqctl` against the broker under test: the command in
 /// `NOVARPC_TEST_RABBITMQCTL` (split on spaces, e.g.
 /// `bash scripts/brokers-extra.sh ctl` for the RabbitMQ 4 chroot), else the
 /// machine's `rabbitmqctl`.
 pub async fn rabbitmqctl(args: &[&str]) -> Result<()> {
-    let configured = std::env::var("NOVARPC_TEST_RABBITMQCTL").ok();
-    let mut words: Vec<&str> = configured
-        .as_deref()
-        .map(|c| c.split_whitespace().collect())
-        .unwrap_or_else(|| vec!["rabbitmqctl"]);
-    let program = words.remove(0);
-    let status = tokio::process::Command::new(program)
-        .args(&words)
+    let (program, mut command) = rabbitmqctl_command();
+    let status = command
         .args(args)
         .stdout(std::process::Stdio::null())
         .status()

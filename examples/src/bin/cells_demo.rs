@@ -365,8 +365,7 @@ async fn run() -> Result<()> {
             let transport = novarpc::connect(&config).await?;
             ensure_cross_process(&transport)?;
             let server = start_compute(transport.clone(), &cell, &host, Seen::default()).await?;
-            tokio::signal::ctrl_c().await?;
-            server.stop().await?;
+            server.serve_until_signal().await?;
             transport.cleanup().await?;
         }
         Role::Api => {

@@ -4,7 +4,10 @@
 //! two compute hosts, a scheduler that also prints notifications, and an api
 //! that issues a call, a cast, a cast to one host, a fanout cast and a
 //! multicall. With a broker config the roles run as separate processes:
-//! `nova-demo compute --host compute1`, `nova-demo scheduler`, `nova-demo api`.
+//! `nova-demo compute --host compute1`, `nova-demo scheduler`, `nova-demo api`
+//! (servers stop gracefully on SIGTERM or Ctrl-C). The compute and scheduler
+//! APIs are traits under `#[novarpc::service]`: the api drives them through
+//! the generated clients.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,8 +17,8 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use novarpc::{
-    Context, Endpoint, EndpointError, NotificationListener, Notifier, Priority, RpcClient,
-    RpcServer, Target, Transport,
+    Context, EndpointError, NotificationListener, Notifier, Priority, RpcServer, RpcStream, Target,
+    Transport,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -46,107 +49,159 @@ enum Role {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct InstanceArgs {
-    instance: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Capabilities {
-    free_ram_mb: u64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
 struct Progress {
     instance: String,
     percent: u32,
+}
+
+/// A compute host's API (topic `compute`).
+#[novarpc::service]
+trait Compute {
+    /// The instance's console.
+    async fn get_console_output(
+        &self,
+        ctx: &Context,
+        instance: String,
+    ) -> Result<String, EndpointError>;
+    /// Boots an instance and notifies `compute.instance.create.end`.
+    #[rpc(cast)]
+    async fn run_instance(&self, ctx: &Context, instance: String) -> Result<(), EndpointError>;
+    /// Deletes an instance.
+    #[rpc(cast)]
+    async fn terminate_instance(
+        &self,
+        ctx: &Context,
+        instance: String,
+    ) -> Result<(), EndpointError>;
+    /// What the scheduler should know about this host (a fanout cast).
+    #[rpc(cast)]
+    async fn update_capabilities(
+        &self,
+        ctx: &Context,
+        free_ram_mb: u64,
+    ) -> Result<(), EndpointError>;
+    /// Moves an instance, streaming its progress.
+    #[rpc(stream)]
+    fn live_migrate(&self, ctx: &Context, instance: String) -> RpcStream<Progress, EndpointError>;
+}
+
+/// The scheduler's API (topic `scheduler`).
+#[novarpc::service]
+trait Scheduler {
+    /// The host an instance should run on.
+    async fn select_destination(
+        &self,
+        ctx: &Context,
+        instance: String,
+    ) -> Result<String, EndpointError>;
 }
 
 fn say(role: &str, text: impl std::fmt::Display) {
     println!("[{role:<9}] {text}");
 }
 
-fn compute_endpoint(host: &str, notifier: Notifier) -> Endpoint {
-    let (h1, h2, h3, h4, h5) = (
-        host.to_owned(),
-        host.to_owned(),
-        host.to_owned(),
-        host.to_owned(),
-        host.to_owned(),
-    );
-    Endpoint::new()
-        .method("get_console_output", move |_ctx, args: InstanceArgs| {
-            let host = h1.clone();
-            async move {
-                say(&host, format!("get_console_output({})", args.instance));
-                Ok::<_, EndpointError>(format!(
-                    "[    0.000000] Linux version 6.1 ({} on {host})\nlogin:",
-                    args.instance
-                ))
-            }
-        })
-        .method("run_instance", move |ctx: Context, args: InstanceArgs| {
-            let host = h2.clone();
-            let notifier = notifier.clone();
-            async move {
-                say(
-                    &host,
-                    format!(
-                        "run_instance({}) from request {}",
-                        args.instance,
-                        ctx.get("request_id").unwrap_or(&json!("-"))
-                    ),
-                );
-                notifier
-                    .info(
-                        &ctx,
-                        "compute.instance.create.end",
-                        &json!({"instance": args.instance, "host": host}),
-                    )
-                    .await
-                    .map_err(|e| EndpointError::new("NotifyError", e.to_string()))?;
-                Ok::<_, EndpointError>(())
-            }
-        })
-        .method("terminate_instance", move |_ctx, args: InstanceArgs| {
-            let host = h3.clone();
-            async move {
-                say(&host, format!("terminate_instance({})", args.instance));
-                Ok::<_, EndpointError>(())
-            }
-        })
-        .method("update_capabilities", move |_ctx, caps: Capabilities| {
-            let host = h4.clone();
-            async move {
-                say(
-                    &host,
-                    format!("update_capabilities(free_ram_mb={})", caps.free_ram_mb),
-                );
-                Ok::<_, EndpointError>(())
-            }
-        })
-        .stream_method("live_migrate", move |_ctx, args: InstanceArgs| {
-            let host = h5.clone();
-            say(
-                &host,
-                format!("live_migrate({}) streaming progress", args.instance),
-            );
-            futures::stream::iter((1..=4).map(move |step| {
-                Ok::<_, EndpointError>(Progress {
-                    instance: args.instance.clone(),
-                    percent: step * 25,
-                })
-            }))
-            .then(|p| async move {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                p
+struct ComputeHost {
+    host: String,
+    notifier: Notifier,
+}
+
+impl Compute for ComputeHost {
+    async fn get_console_output(
+        &self,
+        _ctx: &Context,
+        instance: String,
+    ) -> Result<String, EndpointError> {
+        let host = &self.host;
+        say(host, format!("get_console_output({instance})"));
+        Ok(format!(
+            "[    0.000000] Linux version 6.1 ({instance} on {host})\nlogin:"
+        ))
+    }
+
+    async fn run_instance(&self, ctx: &Context, instance: String) -> Result<(), EndpointError> {
+        let request_id = ctx.get("request_id").unwrap_or(&json!("-")).clone();
+        say(
+            &self.host,
+            format!("run_instance({instance}) from request {request_id}"),
+        );
+        let payload = json!({"instance": instance, "host": self.host});
+        self.notifier
+            .info(ctx, "compute.instance.create.end", &payload)
+            .await?;
+        Ok(())
+    }
+
+    async fn terminate_instance(
+        &self,
+        _ctx: &Context,
+        instance: String,
+    ) -> Result<(), EndpointError> {
+        say(&self.host, format!("terminate_instance({instance})"));
+        Ok(())
+    }
+
+    async fn update_capabilities(
+        &self,
+        _ctx: &Context,
+        free_ram_mb: u64,
+    ) -> Result<(), EndpointError> {
+        say(
+            &self.host,
+            format!("update_capabilities(free_ram_mb={free_ram_mb})"),
+        );
+        Ok(())
+    }
+
+    fn live_migrate(&self, _ctx: &Context, instance: String) -> RpcStream<Progress, EndpointError> {
+        say(
+            &self.host,
+            format!("live_migrate({instance}) streaming progress"),
+        );
+        futures::stream::iter(1..=4u32)
+            .then(move |step| {
+                let instance = instance.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok(Progress {
+                        instance,
+                        percent: step * 25,
+                    })
+                }
             })
-        })
+            .boxed()
+    }
+}
+
+struct RoundRobin {
+    hosts: [&'static str; 2],
+    next: AtomicUsize,
+}
+
+impl Scheduler for RoundRobin {
+    async fn select_destination(
+        &self,
+        _ctx: &Context,
+        instance: String,
+    ) -> Result<String, EndpointError> {
+        let host = self.hosts[self.next.fetch_add(1, Ordering::Relaxed) % self.hosts.len()];
+        say(
+            "scheduler",
+            format!("select_destination({instance}) -> {host}"),
+        );
+        Ok(host.to_owned())
+    }
 }
 
 async fn start_compute(transport: &Transport, host: &str) -> Result<RpcServer> {
     let notifier = Notifier::new(transport.clone(), format!("compute.{host}"));
     let server = RpcServer::builder(transport.clone(), Target::new("compute").server(host))
-        .endpoint(compute_endpoint(host, notifier))
+        .endpoint(
+            ComputeHost {
+                host: host.to_owned(),
+                notifier,
+            }
+            .into_endpoint(),
+        )
         .start()
         .await?;
     say(host, "serving topic `compute`");
@@ -157,24 +212,15 @@ async fn start_scheduler(
     transport: &Transport,
     seen: Arc<AtomicUsize>,
 ) -> Result<(RpcServer, tokio::task::JoinHandle<()>)> {
-    let hosts = ["compute1", "compute2"];
-    let next = Arc::new(AtomicUsize::new(0));
-    let endpoint = Endpoint::new().method("select_destination", move |_ctx, args: InstanceArgs| {
-        let next = next.clone();
-        async move {
-            let host = hosts[next.fetch_add(1, Ordering::Relaxed) % hosts.len()];
-            say(
-                "scheduler",
-                format!("select_destination({}) -> {host}", args.instance),
-            );
-            Ok::<_, EndpointError>(host)
-        }
-    });
+    let scheduler = RoundRobin {
+        hosts: ["compute1", "compute2"],
+        next: AtomicUsize::new(0),
+    };
     let server = RpcServer::builder(
         transport.clone(),
         Target::new("scheduler").server("scheduler1"),
     )
-    .endpoint(endpoint)
+    .endpoint(scheduler.into_endpoint())
     .start()
     .await?;
     let mut listener = NotificationListener::start(
@@ -207,60 +253,52 @@ async fn run_api(transport: &Transport) -> Result<()> {
     let mut ctx = Context::new();
     ctx.insert("request_id".into(), json!("req-42"));
     ctx.insert("user_id".into(), json!("demo"));
-    let scheduler = RpcClient::new(transport.clone(), Target::new("scheduler"))
+    let scheduler = SchedulerClient::new(transport.clone(), Target::new("scheduler"))
         .timeout(Duration::from_secs(10));
-    let compute =
-        RpcClient::new(transport.clone(), Target::new("compute")).timeout(Duration::from_secs(10));
-    let instance = |name: &str| InstanceArgs {
-        instance: name.to_owned(),
-    };
+    let compute = ComputeClient::new(transport.clone(), Target::new("compute"))
+        .timeout(Duration::from_secs(10));
 
-    let host: String = scheduler
-        .call(&ctx, "select_destination", &instance("i-1"))
-        .await?;
+    let host = scheduler.select_destination(&ctx, "i-1".into()).await?;
     say(
         "api",
         format!("call scheduler.select_destination -> {host}"),
     );
 
-    let output: String = compute
+    let output = compute
         .prepare()
         .server(&host)
-        .call(&ctx, "get_console_output", &instance("i-1"))
+        .get_console_output(&ctx, "i-1".into())
         .await?;
     say(
         "api",
-        format!("call compute.{host}.get_console_output -> {:?}", output),
+        format!("call compute.{host}.get_console_output -> {output:?}"),
     );
 
-    compute.cast(&ctx, "run_instance", &instance("i-2")).await?;
+    compute.run_instance(&ctx, "i-2".into()).await?;
     say("api", "cast compute.run_instance(i-2) to the shared topic");
 
     compute
-        .cast_to_host(&ctx, "compute2", "terminate_instance", &instance("i-3"))
+        .prepare()
+        .server("compute2")
+        .terminate_instance(&ctx, "i-3".into())
         .await?;
-    say(
-        "api",
-        "cast_to_host compute.compute2.terminate_instance(i-3)",
-    );
+    say("api", "cast compute.compute2.terminate_instance(i-3)");
 
     compute
-        .fanout_cast(
-            &ctx,
-            "update_capabilities",
-            &Capabilities { free_ram_mb: 2048 },
-        )
+        .prepare()
+        .fanout(true)
+        .update_capabilities(&ctx, 2048)
         .await?;
     say(
         "api",
-        "fanout_cast compute.update_capabilities to every compute host",
+        "fanout cast compute.update_capabilities to every compute host",
     );
 
     say("api", "multicall compute.compute1.live_migrate(i-1):");
     let mut progress = compute
         .prepare()
         .server("compute1")
-        .multicall::<Progress, _>(&ctx, "live_migrate", &instance("i-1"))
+        .live_migrate(&ctx, "i-1".into())
         .await?;
     while let Some(step) = progress.next().await {
         let step = step?;
@@ -271,8 +309,10 @@ async fn run_api(transport: &Transport) -> Result<()> {
     }
     say("api", "multicall finished");
 
+    // A method the service does not have, through the untyped client.
     match compute
-        .call::<serde_json::Value, _>(&ctx, "reboot_instance", &instance("i-1"))
+        .rpc_client()
+        .call::<serde_json::Value, _>(&ctx, "reboot_instance", &json!({"instance": "i-1"}))
         .await
     {
         Err(e) => say(
@@ -339,15 +379,16 @@ async fn run() -> Result<()> {
             say("demo", "done");
         }
         Role::Compute { host } => {
-            let server = start_compute(&transport, &host).await?;
-            tokio::signal::ctrl_c().await?;
-            server.stop().await?;
+            // Until SIGTERM or Ctrl-C; requests in flight finish first.
+            start_compute(&transport, &host)
+                .await?
+                .serve_until_signal()
+                .await?;
         }
         Role::Scheduler => {
             let (server, printer) =
                 start_scheduler(&transport, Arc::new(AtomicUsize::new(0))).await?;
-            tokio::signal::ctrl_c().await?;
-            server.stop().await?;
+            server.serve_until_signal().await?;
             printer.abort();
         }
         Role::Api => {

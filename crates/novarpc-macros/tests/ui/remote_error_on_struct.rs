@@ -1,0 +1,6 @@
+#[derive(Debug, novarpc::RemoteError)]
+struct ComputeError {
+    instance: String,
+}
+
+fn main() {}
