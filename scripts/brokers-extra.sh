@@ -289,8 +289,25 @@ _rmq4_build() {
 
 # Writes the node's settings into the chroot; they are read at each start.
 _rmq4_write_config() {
-    local root="$NOVARPC_RMQ4_ROOT" permit=false
+    local root="$NOVARPC_RMQ4_ROOT" permit=false name
     [ "${NOVARPC_RMQ4_DENY_DEPRECATED:-1}" = 0 ] && permit=true
+    # RabbitMQ 4 looks up this machine's host name while answering every
+    # AMQP 1.0 open (the default cluster name), in one process for the whole
+    # node. Debootstrap's /etc/hosts does not name this machine, so the
+    # lookup went to DNS and, when the resolver did not answer, every new
+    # connection on the node waited 5 s for its timeout. The host name is
+    # written in at each start, as the machine (and CI's) may differ from the
+    # one the chroot was built on; libc rereads the file, so a running node
+    # picks it up too.
+    name="$(hostname 2>/dev/null || true)"
+    {
+        echo "# Written by novarpc's scripts/brokers-extra.sh: this machine's name resolves locally."
+        printf '127.0.0.1\tlocalhost'
+        for n in $(printf '%s\n' $name $(hostname -s 2>/dev/null || true) | sort -u); do
+            [ "$n" != localhost ] && printf ' %s' "$n"
+        done
+        printf '\n::1\t\tlocalhost ip6-localhost ip6-loopback\n'
+    } >"$root/etc/hosts.new" && mv "$root/etc/hosts.new" "$root/etc/hosts"
     cat >"$root/etc/rabbitmq/rabbitmq-env.conf" <<EOF
 # Written by novarpc's scripts/brokers-extra.sh.
 NODENAME=$NOVARPC_RMQ4_NODE

@@ -262,6 +262,19 @@ impl Transport {
         }
     }
 
+    /// A driver's failure once [`Transport::cleanup`] has run is reported as
+    /// `Closed`: the operation failed because the transport was closed under
+    /// it (its connection torn down mid-attach, say), whatever the driver saw.
+    fn closed_or<T>(&self, result: Result<T>) -> Result<T> {
+        match result {
+            Err(error) if self.is_closed() && !matches!(error, Error::Closed) => {
+                tracing::debug!(error = %crate::error_chain(&error), "failed as the transport closed");
+                Err(Error::Closed)
+            }
+            other => other,
+        }
+    }
+
     /// Bounds a send by `send_timeout`.
     async fn bounded<T>(
         &self,
@@ -271,7 +284,7 @@ impl Transport {
     ) -> Result<T> {
         let timeout = self.options().send_timeout;
         match tokio::time::timeout(timeout, send).await {
-            Ok(result) => result,
+            Ok(result) => self.closed_or(result),
             Err(_) => Err(Error::SendTimeout {
                 operation,
                 target: target.to_string(),
@@ -333,7 +346,7 @@ impl Transport {
             Ok(receiver)
         };
         match tokio::time::timeout_at(deadline, send).await {
-            Ok(result) => result,
+            Ok(result) => self.closed_or(result),
             Err(_) => Err(Error::Timeout {
                 method: request.method.to_owned(),
                 topic: target.to_string(),
