@@ -25,8 +25,12 @@ print(f"- broker: RabbitMQ {sh('rabbitmqctl -q version')} on 127.0.0.1 (same mac
 print(f"- toolchain: {sh('rustc --version')}")
 print()
 def ms(us): return f"{us/1000:.2f} ms"
+retried = []
 def row(label, name):
     r = load(name)
+    if os.path.exists(os.path.join(out, name + ".retried")):
+        retried.append(name)
+        label += " †"
     n = r["novarpc"]
     thr = n["delivered_rate"] if n["delivered_rate"] is not None else n["rate"]
     raw = r.get("raw")
@@ -118,6 +122,9 @@ print(f"- qpid sequential call p50 ≤ 1.15× raw: {q1['p50_ratio']:.2f} — {ch
 print(f"- qpid 10,000 calls in flight, all complete, client RSS growth < 20 MB: {q10k['novarpc']['errors']} errors, {q10k['rss_growth_mb']:.1f} MB — {check(q10k['novarpc']['errors'] == 0 and q10k['rss_growth_mb'] < 20)}")
 print()
 print("Figures on this 2-core machine drift ±15 % between runs; RabbitMQ shares the cores.\n")
+if retried:
+    print("† Second try: the first run of " + ", ".join(f"`{n}`" for n in retried)
+          + " did not finish within its deadline (exit 4) and was run once more.\n")
 print("## Commands\n")
 print("```sh")
 for name in sorted(f[:-5] for f in os.listdir(out) if f.endswith(".json")):

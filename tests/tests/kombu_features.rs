@@ -136,6 +136,81 @@ async fn quorum_queues_serve_calls() -> Result<()> {
         .await
 }
 
+/// Declares `exchange` as a topic exchange with the given durability, as
+/// another service (or an earlier configuration) would have.
+async fn predeclare_exchange(exchange: &str, durable: bool) -> Result<()> {
+    let mut url = novarpc_conformance::backends::rabbit_url().replacen("rabbit://", "amqp://", 1);
+    // An AMQP URI's empty path is the virtual host "" to lapin; oslo's is "/".
+    if url.ends_with('/') {
+        url.push_str("%2f");
+    }
+    let connection =
+        lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .exchange_declare(
+            exchange.into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions {
+                durable,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await?;
+    connection.close(200, "done".into()).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: run ./scripts/test"]
+async fn an_exchange_of_the_other_durability_is_used_as_it_is() -> Result<()> {
+    // Durable queues (or quorum queues) want a durable control exchange; a
+    // deployment that switched them on after its services first declared a
+    // transient one finds the broker refusing (PRECONDITION_FAILED). oslo
+    // falls back to the exchange as it is; so does novarpc, both ways.
+    for (existing_durable, options) in [(false, "durable_queues = true"), (true, "")] {
+        let topic = unique("durability");
+        let exchange = unique("durability_ex");
+        predeclare_exchange(&exchange, existing_durable).await?;
+        let backend = kombu_with(options);
+        let server = RpcServer::builder(
+            backend.transport().await?,
+            Target::new(&topic).exchange(&exchange).server("h1"),
+        )
+        .endpoint(Endpoint::new().method("ping", |_ctx, _: Value| async move {
+            Ok::<_, EndpointError>("pong")
+        }))
+        .start()
+        .await
+        .with_context(|| {
+            format!("a server with `{options}` on an exchange durable={existing_durable}")
+        })?;
+        let client = RpcClient::new(
+            backend.transport().await?,
+            Target::new(&topic).exchange(&exchange),
+        )
+        .timeout(Duration::from_secs(10));
+        let pong: String = client
+            .call(&Context::new(), "ping", &json!({}))
+            .await
+            .with_context(|| {
+                format!("a call with `{options}` on an exchange durable={existing_durable}")
+            })?;
+        ensure!(pong == "pong");
+        client
+            .cast(&Context::new(), "ping", &json!({}))
+            .await
+            .context("a cast")?;
+        server.stop().await?;
+        client.cleanup().await?;
+        backend
+            .remove_topology(&[topic.clone(), format!("{topic}.h1")], &[exchange])
+            .await?;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs RabbitMQ: run ./scripts/test"]
 async fn connections_are_named_and_negotiate_heartbeat_and_prefetch() -> Result<()> {

@@ -188,6 +188,9 @@ pub(crate) type Broker = Reconnector<KombuConnector>;
 pub(crate) struct PooledChannel {
     pub(crate) channel: Channel,
     pub(crate) generation: u64,
+    /// The connection it is on: exchanges are declared on channels of their
+    /// own (see `Exchange::declare`).
+    pub(crate) connection: Arc<Connection>,
     /// Set when the broker nacked a publish on this channel: such a channel
     /// is retired (a channel whose first publish to a quorum queue met its
     /// leader's death keeps losing every later publish).
@@ -222,6 +225,7 @@ impl Manager for ChannelManager {
         Ok(PooledChannel {
             channel,
             generation,
+            connection,
             retired: Arc::default(),
         })
     }

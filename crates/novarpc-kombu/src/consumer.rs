@@ -71,7 +71,7 @@ impl ConsumerSet {
             let mut consumers = SelectAll::new();
             let mut tags = Vec::new();
             for queue in &self.queues {
-                queue.declare(&channel, &self.options).await?;
+                queue.declare(&channel, &connection, &self.options).await?;
                 let tag = format!("novarpc-{}", &queue.name);
                 let consumer = channel
                     .basic_consume(

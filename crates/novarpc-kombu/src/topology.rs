@@ -4,7 +4,7 @@
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 
 use novarpc_core::Target;
 
@@ -29,9 +29,17 @@ impl Exchange {
         }
     }
 
+    /// Declares the exchange as oslo would, on a channel of its own: when it
+    /// exists with the other durability (a deployment that turned on quorum
+    /// or durable queues after its services first declared a transient
+    /// control exchange, or services sharing one with different settings),
+    /// the broker refuses with PRECONDITION_FAILED and closes the channel.
+    /// oslo.messaging then declares it non-durable and carries on; this
+    /// takes the exchange as it is (a passive declare), which covers both
+    /// directions, and says so at warn.
     pub(crate) async fn declare(
         &self,
-        channel: &Channel,
+        connection: &Connection,
         options: &KombuOptions,
     ) -> lapin::Result<()> {
         let (kind, durable, auto_delete) = match self {
@@ -45,10 +53,11 @@ impl Exchange {
             // oslo makes it durable with transient quorum queues.
             Exchange::Fanout(_) => (ExchangeKind::Fanout, options.transient_quorum_queue, true),
         };
-        channel
+        let channel = connection.create_channel().await?;
+        let declared = channel
             .exchange_declare(
                 self.name().into(),
-                kind,
+                kind.clone(),
                 ExchangeDeclareOptions {
                     durable,
                     auto_delete,
@@ -56,8 +65,62 @@ impl Exchange {
                 },
                 FieldTable::default(),
             )
-            .await
+            .await;
+        match declared {
+            Ok(()) => {
+                close_quietly(channel);
+                Ok(())
+            }
+            Err(error) if durability_mismatch(&error) => {
+                tracing::warn!(
+                    exchange = self.name(),
+                    wanted_durable = durable,
+                    "the exchange exists with the other durability; using it as it is, as oslo.messaging does"
+                );
+                let channel = connection.create_channel().await?;
+                channel
+                    .exchange_declare(
+                        self.name().into(),
+                        kind,
+                        ExchangeDeclareOptions {
+                            passive: true,
+                            ..ExchangeDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                close_quietly(channel);
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
     }
+}
+
+/// Whether the broker refused a declaration because the entity exists with
+/// the other `durable` flag (`PRECONDITION_FAILED - inequivalent arg
+/// 'durable'`, the text oslo.messaging matches too).
+fn durability_mismatch(error: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => {
+            matches!(
+                amqp.kind(),
+                AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+            ) && amqp
+                .get_message()
+                .as_str()
+                .contains("inequivalent arg 'durable'")
+        }
+        _ => false,
+    }
+}
+
+/// Closes a channel used for one declaration without waiting for the broker.
+fn close_quietly(channel: Channel) {
+    tokio::spawn(async move {
+        let _ = channel.close(200, "declared".into()).await;
+    });
 }
 
 /// A queue with its bindings.
@@ -229,9 +292,12 @@ impl QueueSpec {
         }
     }
 
+    /// Declares the queue on `channel` and its exchanges (each on a channel
+    /// of its own, see `Exchange::declare`), then binds it.
     pub(crate) async fn declare(
         &self,
         channel: &Channel,
+        connection: &Connection,
         options: &KombuOptions,
     ) -> lapin::Result<()> {
         channel
@@ -247,7 +313,7 @@ impl QueueSpec {
             )
             .await?;
         for (exchange, routing_key) in &self.bindings {
-            exchange.declare(channel, options).await?;
+            exchange.declare(connection, options).await?;
             channel
                 .queue_bind(
                     self.name.as_str().into(),

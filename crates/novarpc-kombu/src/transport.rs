@@ -331,12 +331,12 @@ impl KombuDriver {
         match queue {
             Some(queue) => {
                 queue
-                    .declare(&channel.channel, &self.shared.options)
+                    .declare(&channel.channel, &channel.connection, &self.shared.options)
                     .await?
             }
             None => {
                 exchange
-                    .declare(&channel.channel, &self.shared.options)
+                    .declare(&channel.connection, &self.shared.options)
                     .await?
             }
         }
