@@ -39,9 +39,21 @@
 #   NOVARPC_RMQC_EPMD_PORT     the cluster's epmd (default 4372)
 #   NOVARPC_RMQC_PARTITIONS    cluster_partition_handling (default pause_minority)
 #   NOVARPC_RMQC_CTL_DIST_PORT_MIN  first of the 31 ports the CLI tools use (default 35701)
+#   NOVARPC_RMQC_ROOT          run RabbitMQ from this chroot instead of the host's
+#                              package: RabbitMQ 4's (scripts/brokers-extra.sh,
+#                              ensure_rabbitmq4 builds it); the nodes run as its
+#                              rabbitmq user, their folder is inside it, and
+#                              transient non-exclusive queues are denied, as on
+#                              the single RabbitMQ 4 node. scripts/cluster-test
+#                              rabbitmq4 sets this and other ports.
 
 NOVARPC_CACHE="${NOVARPC_CACHE:-$HOME/.cache/novarpc}"
-NOVARPC_RMQC_DIR="${NOVARPC_RMQC_DIR:-$NOVARPC_CACHE/rabbitmq-cluster}"
+NOVARPC_RMQC_ROOT="${NOVARPC_RMQC_ROOT:-}"
+if [ -n "$NOVARPC_RMQC_ROOT" ]; then
+    NOVARPC_RMQC_DIR="${NOVARPC_RMQC_DIR:-$NOVARPC_RMQC_ROOT/var/lib/novarpc-cluster}"
+else
+    NOVARPC_RMQC_DIR="${NOVARPC_RMQC_DIR:-$NOVARPC_CACHE/rabbitmq-cluster}"
+fi
 NOVARPC_RMQC_PORT_BASE="${NOVARPC_RMQC_PORT_BASE:-5700}"
 # Not 25701-25703: RabbitMQ 4's CLI tools (scripts/brokers-extra.sh) take
 # their distribution ports from 25692-25702.
@@ -65,6 +77,30 @@ fi
 # helpers
 
 _rmqc_name() { echo "rabbit-c$1@localhost"; }
+
+# A path of the cluster as its programs see it (inside the chroot, if any).
+_rmqc_in() {
+    if [ -n "$NOVARPC_RMQC_ROOT" ]; then
+        echo "${1#"$NOVARPC_RMQC_ROOT"}"
+    else
+        echo "$1"
+    fi
+}
+
+# The chroot's rabbitmq user and group ids ("uid:gid").
+_rmqc_user() {
+    awk -F: '$1 == "rabbitmq" {print $3 ":" $4}' "$NOVARPC_RMQC_ROOT/etc/passwd"
+}
+
+# What runs a program of the cluster: `env -i`, in the chroot as its rabbitmq
+# user when there is one.
+_rmqc_runner() {
+    if [ -n "$NOVARPC_RMQC_ROOT" ]; then
+        _RMQC_RUNNER=(chroot --userspec="$(_rmqc_user)" "$NOVARPC_RMQC_ROOT" /usr/bin/env -i)
+    else
+        _RMQC_RUNNER=(env -i)
+    fi
+}
 _rmqc_port() { echo $((NOVARPC_RMQC_PORT_BASE + $1)); }
 _rmqc_dist_port() { echo $((NOVARPC_RMQC_DIST_BASE + $1)); }
 _rmqc_dir() { echo "$NOVARPC_RMQC_DIR/c$1"; }
@@ -149,11 +185,12 @@ _rmqc_epmd_running() {
 # the cluster's Erlang cookie; RABBITMQ_CONF_ENV_FILE points away from the
 # host's /etc/rabbitmq/rabbitmq-env.conf (NODENAME=rabbit@localhost, ERL_FLAGS).
 _rmqc_common_env() {
-    _RMQC_ENV=(env -i
+    _rmqc_runner
+    _RMQC_ENV=("${_RMQC_RUNNER[@]}"
         PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 LC_ALL=C.UTF-8
-        HOME="$NOVARPC_RMQC_DIR/home"
+        HOME="$(_rmqc_in "$NOVARPC_RMQC_DIR/home")"
         ERL_EPMD_PORT="$NOVARPC_RMQC_EPMD_PORT" ERL_EPMD_ADDRESS=127.0.0.1
-        RABBITMQ_CONF_ENV_FILE="$NOVARPC_RMQC_DIR/rabbitmq-env.conf"
+        RABBITMQ_CONF_ENV_FILE="$(_rmqc_in "$NOVARPC_RMQC_DIR/rabbitmq-env.conf")"
         RABBITMQ_CTL_DIST_PORT_MIN="$NOVARPC_RMQC_CTL_DIST_PORT_MIN"
         RABBITMQ_CTL_DIST_PORT_MAX=$((NOVARPC_RMQC_CTL_DIST_PORT_MIN + 30)))
 }
@@ -163,7 +200,7 @@ _rmqc_common_env() {
 # (the host's TLS listener, rabbitmq_amqp1_0) applies.
 _rmqc_node_env() {
     local d
-    d="$(_rmqc_dir "$1")"
+    d="$(_rmqc_in "$(_rmqc_dir "$1")")"
     _rmqc_common_env
     _RMQC_ENV+=(
         RABBITMQ_NODENAME="$(_rmqc_name "$1")"
@@ -280,6 +317,14 @@ EOF
         # An empty advanced.config, so /etc/rabbitmq/advanced.config never applies.
         echo "[]." >"$d/advanced.config"
     done
+    if [ -n "$NOVARPC_RMQC_ROOT" ]; then
+        # The nodes run as the chroot's rabbitmq user; RabbitMQ needs /proc.
+        chown -R "$(_rmqc_user)" "$dir"
+        mountpoint -q "$NOVARPC_RMQC_ROOT/proc" || mount -t proc proc "$NOVARPC_RMQC_ROOT/proc" || {
+            _nrx_err "cannot mount /proc in $NOVARPC_RMQC_ROOT; the chroot needs root and a mount-capable host"
+            return 1
+        }
+    fi
 }
 
 # Starts the cluster's epmd (in the foreground of its own session, so that
@@ -291,8 +336,9 @@ _rmqc_start_epmd() {
         _nrx_err "127.0.0.1:$NOVARPC_RMQC_EPMD_PORT (the cluster's epmd) is taken by another program; stop it or set NOVARPC_RMQC_EPMD_PORT"
         return 1
     fi
+    _rmqc_runner
     # shellcheck disable=SC2016
-    setsid env -i PATH=/usr/bin:/bin NOVARPC_RMQC_EPMD="$NOVARPC_RMQC_DIR" bash -c '
+    setsid "${_RMQC_RUNNER[@]}" PATH=/usr/bin:/bin NOVARPC_RMQC_EPMD="$NOVARPC_RMQC_DIR" bash -c '
         for fd in /proc/$$/fd/*; do
             fd="${fd##*/}"
             [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-"
@@ -460,7 +506,12 @@ _rmqc_stop_procs() {
 
 _rmqc_ensure() {
     local start="$EPOCHREALTIME" n dead=() alive=0 jobs=() job members joiners
-    if [ ! -x "$_RMQC_BIN/rabbitmq-server" ]; then
+    if [ -n "$NOVARPC_RMQC_ROOT" ]; then
+        if [ ! -x "$NOVARPC_RMQC_ROOT$_RMQC_BIN/rabbitmq-server" ] || [ -z "$(_rmqc_user)" ]; then
+            _nrx_err "no RabbitMQ chroot at $NOVARPC_RMQC_ROOT; run ensure_rabbitmq4 (scripts/brokers.sh) first"
+            return 1
+        fi
+    elif [ ! -x "$_RMQC_BIN/rabbitmq-server" ]; then
         _nrx_apt_install rabbitmq-server || return 1
     fi
     if _rmqc_whole; then
@@ -527,7 +578,7 @@ _rmqc_ensure() {
 
 _rmqc_version() {
     local d
-    for d in /usr/lib/rabbitmq/lib/rabbitmq_server-*; do
+    for d in "$NOVARPC_RMQC_ROOT"/usr/lib/rabbitmq/lib/rabbitmq_server-*; do
         [ -d "$d" ] && echo "${d##*rabbitmq_server-}" && return 0
     done
     echo unknown
