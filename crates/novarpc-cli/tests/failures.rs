@@ -197,14 +197,6 @@ fn qpid_failures_exit_4_naming_the_cause() -> Result<()> {
         &["unreachable"],
     )?;
     fails_promptly(
-        "qpid unknown vhost",
-        &qpid_config(
-            &format!("amqp://guest:guest@{}/no_such_vhost", qpid_at()),
-            "",
-        ),
-        &["access refused", "authentication failed"],
-    )?;
-    fails_promptly(
         "qpid untrusted certificate",
         &qpid_config(&format!("amqps://guest:guest@{}/", tls_at()), ""),
         &["TLS"],
@@ -221,6 +213,23 @@ fn qpid_failures_exit_4_naming_the_cause() -> Result<()> {
         &["offers SASL mechanisms: ANONYMOUS"],
     )?;
     Ok(())
+}
+
+/// On its own, so that a broker that cannot name an unknown virtual host
+/// can skip it: RabbitMQ 4.0.5 closes such an AMQP 1.0 connection after 3 s
+/// without a close frame (its log says why; the client sees a broken pipe),
+/// so CI runs this case on RabbitMQ 3.10 only.
+#[test]
+#[ignore = "needs RabbitMQ with AMQP 1.0: run ./scripts/test"]
+fn qpid_unknown_vhost_exits_4_naming_the_cause() -> Result<()> {
+    fails_promptly(
+        "qpid unknown vhost",
+        &qpid_config(
+            &format!("amqp://guest:guest@{}/no_such_vhost", qpid_at()),
+            "",
+        ),
+        &["access refused", "authentication failed"],
+    )
 }
 
 /// Everything printed at `RUST_LOG=trace` by a succeeding and a failing
