@@ -92,6 +92,12 @@ _nrx_locked() {
 }
 
 # Unmounts every mount at or below $1, deepest first.
+# The rabbitmq user and group ids ("uid:gid") of the chroot at $1 (the
+# RabbitMQ 4 node's, and the cluster's when it runs from that chroot).
+_nrx_chroot_user() {
+    awk -F: '$1 == "rabbitmq" {print $3 ":" $4}' "$1/etc/passwd"
+}
+
 _nrx_umount_below() {
     local m
     # shellcheck disable=SC2013 # mount points have no blanks (\040 if any)
@@ -143,7 +149,7 @@ _RMQ4_CONSOLE=var/log/rabbitmq/novarpc-console.log
 
 # "uid:gid" of the chroot's rabbitmq user.
 _rmq4_user() {
-    awk -F: '$1 == "rabbitmq" {print $3 ":" $4}' "$NOVARPC_RMQ4_ROOT/etc/passwd"
+    _nrx_chroot_user "$NOVARPC_RMQ4_ROOT"
 }
 
 # The command line that runs a program in the chroot as its rabbitmq user,

@@ -67,7 +67,7 @@ _RMQC_BIN=/usr/lib/rabbitmq/bin
 _RMQC_NODES=(1 2 3)
 
 # Helpers shared with the other broker scripts (_nrx_err, _nrx_port_open,
-# _nrx_locked, _nrx_apt_install).
+# _nrx_locked, _nrx_apt_install, _nrx_chroot_user).
 if ! declare -F _nrx_locked >/dev/null; then
     # shellcheck source=scripts/brokers-extra.sh
     source "$(dirname "${BASH_SOURCE[0]}")/brokers-extra.sh"
@@ -89,7 +89,7 @@ _rmqc_in() {
 
 # The chroot's rabbitmq user and group ids ("uid:gid").
 _rmqc_user() {
-    awk -F: '$1 == "rabbitmq" {print $3 ":" $4}' "$NOVARPC_RMQC_ROOT/etc/passwd"
+    _nrx_chroot_user "$NOVARPC_RMQC_ROOT"
 }
 
 # What runs a program of the cluster: `env -i`, in the chroot as its rabbitmq

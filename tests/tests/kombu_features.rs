@@ -96,17 +96,16 @@ async fn a_reply_to_a_vanished_caller_is_reported() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs RabbitMQ: run ./scripts/test"]
-async fn quorum_queues_serve_calls() -> Result<()> {
-    let backend = kombu_with("quorum_queues = true\nquorum_delivery_limit = 5");
-    let topic = unique("quorum");
-    // Quorum queues make the control exchange durable (as oslo does): an
-    // exchange of its own, since `openstack` may exist non-durable.
-    let exchange = unique("quorum_ex");
+/// A server (host `h1`) answering `ping` with "pong" on `topic` in
+/// `exchange`, and a client of it, each on a transport of its own.
+async fn ping_service(
+    backend: &dyn Backend,
+    topic: &str,
+    exchange: &str,
+) -> Result<(RpcServer, RpcClient)> {
     let server = RpcServer::builder(
         backend.transport().await?,
-        Target::new(&topic).exchange(&exchange).server("h1"),
+        Target::new(topic).exchange(exchange).server("h1"),
     )
     .endpoint(Endpoint::new().method("ping", |_ctx, _: Value| async move {
         Ok::<_, EndpointError>("pong")
@@ -115,8 +114,20 @@ async fn quorum_queues_serve_calls() -> Result<()> {
     .await?;
     let client = RpcClient::new(
         backend.transport().await?,
-        Target::new(&topic).exchange(&exchange),
+        Target::new(topic).exchange(exchange),
     );
+    Ok((server, client))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: run ./scripts/test"]
+async fn quorum_queues_serve_calls() -> Result<()> {
+    let backend = kombu_with("quorum_queues = true\nquorum_delivery_limit = 5");
+    let topic = unique("quorum");
+    // Quorum queues make the control exchange durable (as oslo does); an
+    // exchange of its own, so the test owns what it declares.
+    let exchange = unique("quorum_ex");
+    let (server, client) = ping_service(&backend, &topic, &exchange).await?;
     let pong: String = client.call(&Context::new(), "ping", &json!({})).await?;
     ensure!(pong == "pong");
     let queues =
@@ -174,23 +185,12 @@ async fn an_exchange_of_the_other_durability_is_used_as_it_is() -> Result<()> {
         let exchange = unique("durability_ex");
         predeclare_exchange(&exchange, existing_durable).await?;
         let backend = kombu_with(options);
-        let server = RpcServer::builder(
-            backend.transport().await?,
-            Target::new(&topic).exchange(&exchange).server("h1"),
-        )
-        .endpoint(Endpoint::new().method("ping", |_ctx, _: Value| async move {
-            Ok::<_, EndpointError>("pong")
-        }))
-        .start()
-        .await
-        .with_context(|| {
-            format!("a server with `{options}` on an exchange durable={existing_durable}")
-        })?;
-        let client = RpcClient::new(
-            backend.transport().await?,
-            Target::new(&topic).exchange(&exchange),
-        )
-        .timeout(Duration::from_secs(10));
+        let (server, client) = ping_service(&backend, &topic, &exchange)
+            .await
+            .with_context(|| {
+                format!("a server with `{options}` on an exchange durable={existing_durable}")
+            })?;
+        let client = client.timeout(Duration::from_secs(10));
         let pong: String = client
             .call(&Context::new(), "ping", &json!({}))
             .await
