@@ -26,20 +26,20 @@ fn decodes_every_captured_request_and_reply() {
         let message = inner(body);
         if message.get("method").is_some() {
             let request = envelope::decode_request(body).unwrap();
-            assert_eq!(request.method, message["method"]);
+            assert_eq!(request.method(), message["method"]);
             assert_eq!(
-                serde_json::from_str::<Value>(request.args.get()).unwrap(),
+                serde_json::from_str::<Value>(request.args()).unwrap(),
                 message["args"]
             );
-            assert_eq!(request.context.get("user_id"), Some(&json!("u1")));
-            assert_eq!(request.context.get("request_id"), Some(&json!("req-1")));
-            assert_eq!(request.msg_id.is_some(), message.get("_msg_id").is_some());
+            assert_eq!(request.context().get("user_id"), Some(&json!("u1")));
+            assert_eq!(request.context().get("request_id"), Some(&json!("req-1")));
+            assert_eq!(request.msg_id().is_some(), message.get("_msg_id").is_some());
             requests += 1;
         } else if message.get("_msg_id").is_some() {
             let reply = envelope::decode_reply(body).unwrap();
-            assert!(reply.ending);
-            if let Some(failure) = reply.failure {
-                let failure = envelope::decode_failure(&failure).unwrap();
+            assert!(reply.ending());
+            if let Some(failure) = reply.failure() {
+                let failure = envelope::decode_failure(failure).unwrap();
                 assert_eq!(failure.class, "ValueError");
                 assert_eq!(failure.module, "builtins");
                 assert_eq!(failure.message, "boom");
@@ -61,8 +61,8 @@ fn namespaced_versioned_call_keeps_both() {
         .find(|c| c["body"].as_str().unwrap().contains("namespace"))
         .expect("a namespaced capture");
     let request = envelope::decode_request(capture["body"].as_str().unwrap().as_bytes()).unwrap();
-    assert_eq!(request.namespace.as_deref(), Some("ns1"));
-    assert_eq!(request.version.as_deref(), Some("1.2"));
+    assert_eq!(request.namespace(), Some("ns1"));
+    assert_eq!(request.version(), Some("1.2"));
 }
 
 #[test]

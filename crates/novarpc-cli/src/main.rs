@@ -586,13 +586,13 @@ async fn listen(
                 let line = match novarpc::driver::envelope::decode_request(&delivery.body) {
                     Ok(request) => json!({
                         "topic": topic,
-                        "method": request.method,
-                        "args": serde_json::from_str::<Value>(request.args.get()).unwrap_or(Value::Null),
-                        "namespace": request.namespace,
-                        "version": request.version,
-                        "context": request.context,
-                        "call": request.msg_id.is_some(),
-                        "msg_id": request.msg_id,
+                        "method": request.method(),
+                        "args": serde_json::from_str::<Value>(request.args()).unwrap_or(Value::Null),
+                        "namespace": request.namespace(),
+                        "version": request.version(),
+                        "context": request.context(),
+                        "call": request.msg_id().is_some(),
+                        "msg_id": request.msg_id(),
                     }),
                     Err(error) => json!({"topic": topic, "malformed": error.to_string()}),
                 };

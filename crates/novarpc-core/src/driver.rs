@@ -201,7 +201,8 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
     fn options(&self) -> &CommonOptions;
 
     /// Where replies to this process's calls go (its reply queue or node,
-    /// declared and consumed on first use), for `_reply_q`.
+    /// declared and consumed on first use), for `_reply_q`. Once given, the
+    /// address must not change: the handle asks only until it gets one.
     async fn reply_address(&self) -> Result<&str>;
 
     /// The registry that the reply consumer feeds; the handle registers

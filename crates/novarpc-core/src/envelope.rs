@@ -83,50 +83,179 @@ pub struct CallHeader<'a> {
     pub reply_q: &'a str,
 }
 
-/// A request as a server receives it.
-#[derive(Debug)]
-pub struct IncomingRequest {
-    /// The endpoint method to invoke.
-    pub method: String,
-    /// Keyword arguments: always a JSON object (`{}` when the message had none).
-    pub args: Box<RawValue>,
-    /// The target namespace, if the caller set one.
-    pub namespace: Option<String>,
-    /// The API version the caller requires, if it set one.
-    pub version: Option<String>,
-    /// The request context, rebuilt from the `_context_<key>` entries.
-    pub context: Context,
-    /// Present on calls: the id replies must carry.
-    pub msg_id: Option<String>,
-    /// Present on calls: the queue replies go to.
-    pub reply_q: Option<String>,
-    /// The message's `_unique_id`, by which servers drop redelivered
-    /// duplicates; `None` if the sender wrote none.
-    pub unique_id: Option<String>,
+/// A string of a received message: where it is in the inner message's text,
+/// or, when it had escapes (so its value differs from its bytes), its own copy.
+#[derive(Clone, Debug)]
+enum Field {
+    At(usize, usize),
+    Owned(Box<str>),
 }
 
-/// A reply as a caller receives it.
-#[derive(Debug)]
+impl Field {
+    /// `value`, found in `text` when it was borrowed from it.
+    fn of(text: &str, value: StrRef<'_>) -> Field {
+        match value.0 {
+            std::borrow::Cow::Borrowed(value) => Field::within(text, value),
+            std::borrow::Cow::Owned(value) => Field::Owned(value.into_boxed_str()),
+        }
+    }
+
+    /// Where `value`, a slice of `text`, is in it (a copy if it is not one).
+    fn within(text: &str, value: &str) -> Field {
+        let start = (value.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
+        let end = start.wrapping_add(value.len());
+        match text.get(start..end) {
+            Some(found) if std::ptr::eq(found.as_ptr(), value.as_ptr()) => Field::At(start, end),
+            _ => Field::Owned(value.into()),
+        }
+    }
+
+    fn get<'a>(&'a self, text: &'a str) -> &'a str {
+        match self {
+            Field::At(start, end) => &text[*start..*end],
+            Field::Owned(value) => value,
+        }
+    }
+}
+
+/// A request as a server receives it. It holds the decoded inner message
+/// once; its strings are read from it, not copied out.
+pub struct IncomingRequest {
+    text: String,
+    method: Field,
+    args: Option<Field>,
+    namespace: Option<Field>,
+    version: Option<Field>,
+    msg_id: Option<Field>,
+    reply_q: Option<Field>,
+    unique_id: Option<Field>,
+    context: Context,
+}
+
+impl IncomingRequest {
+    /// The endpoint method to invoke.
+    pub fn method(&self) -> &str {
+        self.method.get(&self.text)
+    }
+
+    /// The keyword arguments, as JSON text: always an object (`{}` when the
+    /// message had none).
+    pub fn args(&self) -> &str {
+        self.args.as_ref().map_or("{}", |args| args.get(&self.text))
+    }
+
+    /// The target namespace, if the caller set one.
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace.as_ref().map(|f| f.get(&self.text))
+    }
+
+    /// The API version the caller requires, if it set one.
+    pub fn version(&self) -> Option<&str> {
+        self.version.as_ref().map(|f| f.get(&self.text))
+    }
+
+    /// Present on calls: the id replies must carry.
+    pub fn msg_id(&self) -> Option<&str> {
+        self.msg_id.as_ref().map(|f| f.get(&self.text))
+    }
+
+    /// Present on calls: the queue replies go to.
+    pub fn reply_q(&self) -> Option<&str> {
+        self.reply_q.as_ref().map(|f| f.get(&self.text))
+    }
+
+    /// The message's `_unique_id`, by which servers drop redelivered
+    /// duplicates; `None` if the sender wrote none.
+    pub fn unique_id(&self) -> Option<&str> {
+        self.unique_id.as_ref().map(|f| f.get(&self.text))
+    }
+
+    /// The request context, rebuilt from the `_context_<key>` entries.
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// Takes the request context out (leaving it empty), for the endpoint.
+    pub fn take_context(&mut self) -> Context {
+        std::mem::take(&mut self.context)
+    }
+}
+
+// By hand: the arguments and context are the message's contents, which are
+// never logged.
+impl fmt::Debug for IncomingRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IncomingRequest")
+            .field("method", &self.method())
+            .field("namespace", &self.namespace())
+            .field("version", &self.version())
+            .field("msg_id", &self.msg_id())
+            .field("reply_q", &self.reply_q())
+            .field("unique_id", &self.unique_id())
+            .field("args_len", &self.args().len())
+            .field("context_keys", &self.context.len())
+            .finish()
+    }
+}
+
+/// A reply as a caller receives it. Like [`IncomingRequest`], it holds the
+/// decoded inner message once and reads its parts from it.
 pub struct Reply {
-    /// The id of the call this reply answers (`_msg_id`).
-    pub msg_id: String,
-    /// The returned value, or a stream element; `None` when the reply has no
-    /// `result` (a failure, a heartbeat, or a JSON `null` result).
-    pub result: Option<Box<RawValue>>,
-    /// The oslo-serialized failure (a JSON document in a string).
-    pub failure: Option<String>,
-    /// Whether this is the call's last reply; `false` on multicall stream
-    /// elements and heartbeats.
-    pub ending: bool,
-    /// novarpc multicall: the position of a stream element, or on the final
-    /// reply of a stream the number of elements.
-    pub seq: Option<u64>,
+    text: String,
+    msg_id: Field,
+    result: Option<Field>,
+    failure: Option<Field>,
+    ending: bool,
+    seq: Option<u64>,
 }
 
 impl Reply {
+    /// The id of the call this reply answers (`_msg_id`).
+    pub fn msg_id(&self) -> &str {
+        self.msg_id.get(&self.text)
+    }
+
+    /// The returned value (or a stream element) as JSON text; `None` when
+    /// the reply has no `result` (a failure, a heartbeat, or a JSON `null`
+    /// result).
+    pub fn result(&self) -> Option<&str> {
+        self.result.as_ref().map(|f| f.get(&self.text))
+    }
+
+    /// The oslo-serialized failure (a JSON document in a string); see
+    /// [`decode_failure`].
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_ref().map(|f| f.get(&self.text))
+    }
+
+    /// Whether this is the call's last reply; `false` on multicall stream
+    /// elements and heartbeats.
+    pub fn ending(&self) -> bool {
+        self.ending
+    }
+
+    /// novarpc multicall: the position of a stream element, or on the final
+    /// reply of a stream the number of elements.
+    pub fn seq(&self) -> Option<u64> {
+        self.seq
+    }
+
     /// oslo's call-monitor heartbeat: not final, no result, not a stream element.
     pub fn is_heartbeat(&self) -> bool {
         !self.ending && self.seq.is_none() && self.failure.is_none()
+    }
+}
+
+// By hand: the result is the message's contents, which are never logged.
+impl fmt::Debug for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reply")
+            .field("msg_id", &self.msg_id())
+            .field("result_len", &self.result().map(str::len))
+            .field("failed", &self.failure.is_some())
+            .field("ending", &self.ending)
+            .field("seq", &self.seq)
+            .finish()
     }
 }
 
@@ -196,7 +325,7 @@ pub fn new_unique_id() -> String {
 }
 
 /// A unique id (uuid4 hex) without allocating.
-fn unique_id_buf(buf: &mut [u8; 32]) -> &str {
+pub(crate) fn unique_id_buf(buf: &mut [u8; 32]) -> &str {
     uuid::Uuid::new_v4().simple().encode_lower(buf)
 }
 
@@ -355,6 +484,19 @@ impl Body {
             &mut self.buf,
             Escaped,
         ))
+    }
+
+    /// Appends a JSON string, escaped: as [`Body::value`] writes it, but a
+    /// string with nothing to escape (ids, names) is copied whole rather
+    /// than through serde_json's byte-by-byte escaping.
+    fn string(&mut self, value: &str) -> serde_json::Result<()> {
+        if find_special(value.as_bytes()).is_some() {
+            return self.value(value);
+        }
+        self.buf.extend_from_slice(b"\\\"");
+        self.buf.extend_from_slice(value.as_bytes());
+        self.buf.extend_from_slice(b"\\\"");
+        Ok(())
     }
 
     fn finish(mut self) -> Bytes {
@@ -526,6 +668,15 @@ enum Inner<'a> {
 }
 
 impl Inner<'_> {
+    /// The inner message's text, owned (a legacy body is copied).
+    fn into_text(self, what: &str) -> Result<String, Error> {
+        match self {
+            Inner::Owned(text) => Ok(text),
+            Inner::Legacy(body) => String::from_utf8(body.to_vec())
+                .map_err(|e| Error::MalformedMessage(format!("invalid {what}: {e}"))),
+        }
+    }
+
     fn parse<T: de::DeserializeOwned>(&self, what: &str) -> Result<T, Error> {
         let parsed = match self {
             Inner::Owned(s) => serde_json::from_str(s),
@@ -629,28 +780,28 @@ fn write_request<A: Serialize + ?Sized>(
     // can be checked where they land.
     let mut body = Body::with_capacity(256 + 64 * request.context.len());
     body.raw(b"{\\\"method\\\":");
-    body.value(request.method)?;
+    body.string(request.method)?;
     body.raw(b",\\\"args\\\":");
     let args_at = body.buf.len();
     body.value(request.args)?;
     let is_object = body.buf.get(args_at) == Some(&b'{');
     if let Some(namespace) = request.namespace {
         body.raw(b",\\\"namespace\\\":");
-        body.value(namespace)?;
+        body.string(namespace)?;
     }
     if let Some(version) = request.version {
         body.raw(b",\\\"version\\\":");
-        body.value(version)?;
+        body.string(version)?;
     }
     if let Some(call) = &call {
         body.raw(b",\\\"_msg_id\\\":");
-        body.value(call.msg_id)?;
+        body.string(call.msg_id)?;
         body.raw(b",\\\"_reply_q\\\":");
-        body.value(call.reply_q)?;
+        body.string(call.reply_q)?;
         body.raw(b",\\\"_timeout\\\":null");
     }
     body.raw(b",\\\"_unique_id\\\":");
-    body.value(unique_id)?;
+    body.string(unique_id)?;
     write_context(&mut body, request.context)?;
     body.raw(b"}");
     Ok((body.finish(), is_object))
@@ -674,26 +825,64 @@ fn write_context(body: &mut Body, context: &Context) -> serde_json::Result<()> {
 /// Decodes a request body; anything that is not an oslo request is
 /// [`Error::MalformedMessage`].
 pub fn decode_request(body: &[u8]) -> Result<IncomingRequest, Error> {
-    unwrap(body)?.parse("request")
+    let text = unwrap(body)?.into_text("request")?;
+    let parts: RequestParts<'_> = parse_text(&text, "request")?;
+    let field = |value| Field::of(&text, value);
+    let optional = |value: Option<StrRef<'_>>| value.map(|v| Field::of(&text, v));
+    let method = field(parts.method);
+    let args = parts.args.map(|args| Field::within(&text, args.get()));
+    let namespace = optional(parts.namespace);
+    let version = optional(parts.version);
+    let msg_id = optional(parts.msg_id);
+    let reply_q = optional(parts.reply_q);
+    let unique_id = optional(parts.unique_id);
+    Ok(IncomingRequest {
+        method,
+        args,
+        namespace,
+        version,
+        msg_id,
+        reply_q,
+        unique_id,
+        context: parts.context,
+        text,
+    })
 }
 
-impl<'de> Deserialize<'de> for IncomingRequest {
+/// Parses the inner message's text, naming what it should have been.
+fn parse_text<'a, T: Deserialize<'a>>(text: &'a str, what: &str) -> Result<T, Error> {
+    serde_json::from_str(text).map_err(|e| Error::MalformedMessage(format!("invalid {what}: {e}")))
+}
+
+/// A request's parts, borrowed from its text where they have no escapes.
+struct RequestParts<'de> {
+    method: StrRef<'de>,
+    args: Option<&'de RawValue>,
+    namespace: Option<StrRef<'de>>,
+    version: Option<StrRef<'de>>,
+    msg_id: Option<StrRef<'de>>,
+    reply_q: Option<StrRef<'de>>,
+    unique_id: Option<StrRef<'de>>,
+    context: Context,
+}
+
+impl<'de> Deserialize<'de> for RequestParts<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct RequestVisitor;
         impl<'de> Visitor<'de> for RequestVisitor {
-            type Value = IncomingRequest;
+            type Value = RequestParts<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("an oslo.messaging request object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut method = None;
-                let mut args: Option<Box<RawValue>> = None;
+                let mut args: Option<&'de RawValue> = None;
                 let (mut namespace, mut version) = (None, None);
                 let (mut msg_id, mut reply_q, mut unique_id) = (None, None, None);
                 let mut context = Context::new();
-                while let Some(KeyName(key)) = map.next_key()? {
+                while let Some(StrRef(key)) = map.next_key()? {
                     match &*key {
-                        "method" => method = Some(map.next_value::<String>()?),
+                        "method" => method = Some(map.next_value::<StrRef<'de>>()?),
                         "args" => args = Some(map.next_value()?),
                         "namespace" => namespace = map.next_value()?,
                         "version" => version = map.next_value()?,
@@ -710,14 +899,10 @@ impl<'de> Deserialize<'de> for IncomingRequest {
                     }
                 }
                 let method = method.ok_or_else(|| de::Error::missing_field("method"))?;
-                let args = match args {
-                    Some(args) if !args.get().trim_start().starts_with('{') => {
-                        return Err(de::Error::custom("`args` must be an object"));
-                    }
-                    Some(args) => args,
-                    None => empty_object(),
-                };
-                Ok(IncomingRequest {
+                if args.is_some_and(|args| !args.get().trim_start().starts_with('{')) {
+                    return Err(de::Error::custom("`args` must be an object"));
+                }
+                Ok(RequestParts {
                     method,
                     args,
                     namespace,
@@ -733,34 +918,30 @@ impl<'de> Deserialize<'de> for IncomingRequest {
     }
 }
 
-/// A key of a received message, borrowed from it unless it has escapes
-/// (serde's `Cow<str>` always copies).
-struct KeyName<'de>(std::borrow::Cow<'de, str>);
+/// A string (or key) of a received message, borrowed from it unless it has
+/// escapes (serde's `Cow<str>` always copies).
+struct StrRef<'de>(std::borrow::Cow<'de, str>);
 
-impl<'de> Deserialize<'de> for KeyName<'de> {
+impl<'de: 'a, 'a> Deserialize<'de> for StrRef<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = KeyName<'de>;
+        struct KeyVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for KeyVisitor<'a> {
+            type Value = StrRef<'a>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a key")
+                f.write_str("a string")
             }
-            fn visit_borrowed_str<E: de::Error>(self, key: &'de str) -> Result<Self::Value, E> {
-                Ok(KeyName(key.into()))
+            fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
+                Ok(StrRef(text.into()))
             }
-            fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
-                Ok(KeyName(key.to_owned().into()))
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(StrRef(text.to_owned().into()))
             }
-            fn visit_string<E: de::Error>(self, key: String) -> Result<Self::Value, E> {
-                Ok(KeyName(key.into()))
+            fn visit_string<E: de::Error>(self, text: String) -> Result<Self::Value, E> {
+                Ok(StrRef(text.into()))
             }
         }
-        deserializer.deserialize_str(KeyVisitor)
+        deserializer.deserialize_str(KeyVisitor(std::marker::PhantomData))
     }
-}
-
-fn empty_object() -> Box<RawValue> {
-    RawValue::from_string("{}".to_owned()).expect("valid JSON")
 }
 
 /// The JSON `null`, as a raw value.
@@ -791,33 +972,24 @@ pub enum ReplyBody<'a> {
     Heartbeat,
 }
 
-struct InnerReply<'a> {
+struct InnerReply<'a, V: ?Sized> {
     msg_id: &'a str,
-    body: ReplyBody<'a>,
+    /// `result`: `null` when `None`.
+    value: Option<&'a V>,
     failure: Option<String>,
+    ending: bool,
+    seq: Option<u64>,
     unique_id: &'a str,
 }
 
-impl Serialize for InnerReply<'_> {
+impl<V: Serialize + ?Sized> Serialize for InnerReply<'_, V> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
-        match self.body {
-            ReplyBody::Result(value) | ReplyBody::StreamItem { value, .. } => {
-                map.serialize_entry("result", value)?
-            }
-            _ => map.serialize_entry("result", &())?,
-        }
+        map.serialize_entry("result", &self.value)?;
         map.serialize_entry("failure", &self.failure)?;
-        let ending = !matches!(
-            self.body,
-            ReplyBody::StreamItem { .. } | ReplyBody::Heartbeat
-        );
-        map.serialize_entry("ending", &ending)?;
-        match self.body {
-            ReplyBody::StreamItem { seq, .. } | ReplyBody::End { count: seq } => {
-                map.serialize_entry("_seq", &seq)?
-            }
-            _ => {}
+        map.serialize_entry("ending", &self.ending)?;
+        if let Some(seq) = self.seq {
+            map.serialize_entry("_seq", &seq)?;
         }
         map.serialize_entry("_msg_id", self.msg_id)?;
         map.serialize_entry("_unique_id", self.unique_id)?;
@@ -833,43 +1005,89 @@ pub fn encode_reply(msg_id: &str, body: ReplyBody<'_>) -> Bytes {
         }
         _ => None,
     };
-    let size_hint = match body {
-        ReplyBody::Result(value) | ReplyBody::StreamItem { value, .. } => value.get().len(),
-        _ => failure.as_ref().map_or(0, |f| f.len() * 5 / 4),
+    let (value, seq) = match body {
+        ReplyBody::Result(value) => (Some(value), None),
+        ReplyBody::StreamItem { seq, value } => (Some(value), Some(seq)),
+        ReplyBody::End { count } => (None, Some(count)),
+        ReplyBody::Failure(_) | ReplyBody::Heartbeat => (None, None),
+    };
+    let size_hint = match value {
+        Some(value) => value.get().len(),
+        None => failure.as_ref().map_or(0, |f| f.len() * 5 / 4),
     };
     let mut id = [0u8; 32];
     let inner = InnerReply {
         msg_id,
-        body,
+        value,
         failure,
+        ending: !matches!(body, ReplyBody::StreamItem { .. } | ReplyBody::Heartbeat),
+        seq,
         unique_id: unique_id_buf(&mut id),
     };
     // Values are already JSON and keys are strings: this cannot fail.
     enveloped(&inner, size_hint).expect("a reply serializes")
 }
 
+/// Encodes the final reply to the call `msg_id` with `value` serialized
+/// straight into it: the bytes of `encode_reply(msg_id,
+/// ReplyBody::Result(&to_raw_value(value)?))`, without the raw value.
+pub(crate) fn encode_result_reply<T: Serialize + ?Sized>(
+    msg_id: &str,
+    value: &T,
+) -> serde_json::Result<Bytes> {
+    let mut id = [0u8; 32];
+    let unique_id = unique_id_buf(&mut id);
+    if !cfg!(feature = "envelope-fast-path") {
+        let inner = InnerReply {
+            msg_id,
+            value: Some(value),
+            failure: None,
+            ending: true,
+            seq: None,
+            unique_id,
+        };
+        return enveloped(&inner, 64);
+    }
+    // The keys and order of `InnerReply`, written by hand.
+    let mut body = Body::with_capacity(128);
+    body.raw(b"{\\\"result\\\":");
+    body.value(value)?;
+    body.raw(b",\\\"failure\\\":null,\\\"ending\\\":true,\\\"_msg_id\\\":");
+    body.string(msg_id)?;
+    body.raw(b",\\\"_unique_id\\\":");
+    body.string(unique_id)?;
+    body.raw(b"}");
+    Ok(body.finish())
+}
+
 /// Decodes a reply body.
 pub fn decode_reply(body: &[u8]) -> Result<Reply, Error> {
     #[derive(Deserialize)]
-    struct Wire {
-        #[serde(rename = "_msg_id")]
-        msg_id: String,
-        #[serde(default)]
-        result: Option<Box<RawValue>>,
-        #[serde(default)]
-        failure: Option<String>,
+    struct Wire<'a> {
+        #[serde(rename = "_msg_id", borrow)]
+        msg_id: StrRef<'a>,
+        #[serde(default, borrow)]
+        result: Option<&'a RawValue>,
+        #[serde(default, borrow)]
+        failure: Option<StrRef<'a>>,
         #[serde(default)]
         ending: bool,
         #[serde(rename = "_seq", default)]
         seq: Option<u64>,
     }
-    let wire: Wire = unwrap(body)?.parse("reply")?;
+    let text = unwrap(body)?.into_text("reply")?;
+    let wire: Wire<'_> = parse_text(&text, "reply")?;
+    let msg_id = Field::of(&text, wire.msg_id);
+    let result = wire.result.map(|value| Field::within(&text, value.get()));
+    let failure = wire.failure.map(|failure| Field::of(&text, failure));
+    let (ending, seq) = (wire.ending, wire.seq);
     Ok(Reply {
-        msg_id: wire.msg_id,
-        result: wire.result,
-        failure: wire.failure,
-        ending: wire.ending,
-        seq: wire.seq,
+        text,
+        msg_id,
+        result,
+        failure,
+        ending,
+        seq,
     })
 }
 
@@ -1029,13 +1247,13 @@ mod tests {
         assert_eq!(inner["_unique_id"].as_str().unwrap().len(), 32);
 
         let decoded = decode_request(&body).unwrap();
-        assert_eq!(decoded.method, "echo");
-        assert_eq!(decoded.args.get(), r#"{"value":{"x":1}}"#);
-        assert_eq!(decoded.namespace.as_deref(), Some("ns1"));
-        assert_eq!(decoded.version.as_deref(), Some("1.2"));
-        assert_eq!(decoded.msg_id.as_deref(), Some("m1"));
-        assert_eq!(decoded.reply_q.as_deref(), Some("reply_q1"));
-        assert_eq!(decoded.context, context);
+        assert_eq!(decoded.method(), "echo");
+        assert_eq!(decoded.args(), r#"{"value":{"x":1}}"#);
+        assert_eq!(decoded.namespace(), Some("ns1"));
+        assert_eq!(decoded.version(), Some("1.2"));
+        assert_eq!(decoded.msg_id(), Some("m1"));
+        assert_eq!(decoded.reply_q(), Some("reply_q1"));
+        assert_eq!(decoded.context(), &context);
     }
 
     #[test]
@@ -1068,13 +1286,13 @@ mod tests {
             },
         ))
         .unwrap();
-        assert!(!item.ending && !item.is_heartbeat() && item.seq == Some(0));
+        assert!(!item.ending() && !item.is_heartbeat() && item.seq() == Some(0));
         let heartbeat = decode_reply(&encode_reply("m", ReplyBody::Heartbeat)).unwrap();
         assert!(heartbeat.is_heartbeat());
         let failure = RemoteFailure::new("ValueError", "builtins", "boom");
         let reply = decode_reply(&encode_reply("m", ReplyBody::Failure(&failure))).unwrap();
-        assert!(reply.ending);
-        assert_eq!(decode_failure(&reply.failure.unwrap()).unwrap(), failure);
+        assert!(reply.ending());
+        assert_eq!(decode_failure(reply.failure().unwrap()).unwrap(), failure);
     }
 
     #[test]
@@ -1299,12 +1517,12 @@ mod tests {
                     // And they decode to what was sent.
                     if fast_object {
                         let decoded = decode_request(&fast).unwrap();
-                        prop_assert_eq!(&decoded.method, &method);
-                        prop_assert_eq!(decoded.args.get(), args_text);
-                        prop_assert_eq!(&decoded.context, &context);
-                        prop_assert_eq!(&decoded.namespace, &namespace);
-                        prop_assert_eq!(&decoded.version, &version);
-                        prop_assert_eq!(decoded.msg_id.is_some(), call.is_some());
+                        prop_assert_eq!(decoded.method(), method.as_str());
+                        prop_assert_eq!(decoded.args(), args_text);
+                        prop_assert_eq!(decoded.context(), &context);
+                        prop_assert_eq!(decoded.namespace(), namespace.as_deref());
+                        prop_assert_eq!(decoded.version(), version.as_deref());
+                        prop_assert_eq!(decoded.msg_id().is_some(), call.is_some());
                     }
                 }
             }
@@ -1314,11 +1532,29 @@ mod tests {
                 let raw = serde_json::value::to_raw_value(&value).unwrap();
                 for body in [ReplyBody::Result(&raw), ReplyBody::StreamItem { seq, value: &raw }] {
                     let reply = decode_reply(&encode_reply("m\\1\"", body)).unwrap();
-                    prop_assert_eq!(reply.msg_id, "m\\1\"");
+                    prop_assert_eq!(reply.msg_id(), "m\\1\"");
                     // `null` arrives as no result, as serde reads an Option.
-                    let result = reply.result.as_deref().map_or("null", RawValue::get);
-                    prop_assert_eq!(result, raw.get());
+                    prop_assert_eq!(reply.result().unwrap_or("null"), raw.get());
                 }
+            }
+
+            /// A result serialized straight into its reply is the reply of
+            /// its raw value, byte for byte (only the unique ids differ).
+            #[test]
+            fn result_replies_are_the_raw_values_replies(value in json_value(), msg_id in ".*") {
+                let raw = serde_json::value::to_raw_value(&value).unwrap();
+                let typed = encode_result_reply(&msg_id, &value).unwrap();
+                let reference = encode_reply(&msg_id, ReplyBody::Result(&raw));
+                let without_id = |body: &[u8]| {
+                    let text = std::str::from_utf8(body).unwrap().to_owned();
+                    let at = text.rfind("_unique_id").unwrap();
+                    text[..at].to_owned()
+                };
+                prop_assert_eq!(without_id(&typed), without_id(&reference));
+                prop_assert_eq!(typed.len(), reference.len());
+                let reply = decode_reply(&typed).unwrap();
+                prop_assert_eq!(reply.msg_id(), msg_id.as_str());
+                prop_assert_eq!(reply.result().unwrap_or("null"), raw.get());
             }
         }
     }

@@ -44,6 +44,11 @@ pub use target::{Target, Version};
 pub use transport::Transport;
 
 /// Unique ids as oslo.messaging writes them: uuid4, 32 lower-case hex digits.
+/// The maps looked up on every message (routes, methods, metric handles):
+/// keys are names the process chose, so a fast seeded hash rather than
+/// SipHash.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 pub(crate) fn new_uuid_hex() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }

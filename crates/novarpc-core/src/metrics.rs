@@ -18,7 +18,6 @@
 //! Method names on servers come from the network: past
 //! [`MAX_METHODS`] distinct names a transport records the rest as `other`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -99,7 +98,7 @@ pub(crate) struct Metrics {
     backend: &'static str,
     in_flight: [Gauge; 2],
     undeliverable: Counter,
-    methods: RwLock<HashMap<Box<str>, Slots>>,
+    methods: RwLock<crate::FastMap<Box<str>, Slots>>,
 }
 
 impl Metrics {
@@ -110,7 +109,7 @@ impl Metrics {
                 |side| gauge!(names::IN_FLIGHT, "side" => side.as_str(), "backend" => backend),
             ),
             undeliverable: counter!(names::UNDELIVERABLE, "backend" => backend),
-            methods: RwLock::new(HashMap::new()),
+            methods: RwLock::new(crate::FastMap::default()),
         }
     }
 

@@ -35,6 +35,14 @@ impl Key {
             Err(_) => Key::Text(msg_id.into()),
         }
     }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Made from a `&str` of 32 bytes, so UTF-8.
+            Key::Id(id) => std::str::from_utf8(id).unwrap_or_default(),
+            Key::Text(text) => text,
+        }
+    }
 }
 
 impl Hash for Key {
@@ -142,11 +150,11 @@ impl ReplyRegistry {
     }
 
     /// Registers a waiter for `msg_id`.
-    pub fn register(self: &Arc<Self>, msg_id: String) -> ReplyReceiver {
+    pub fn register(self: &Arc<Self>, msg_id: &str) -> ReplyReceiver {
         let waiter = Arc::new(Waiter::default());
-        self.waiters.lock().insert(Key::of(&msg_id), waiter.clone());
+        self.waiters.lock().insert(Key::of(msg_id), waiter.clone());
         ReplyReceiver {
-            msg_id,
+            key: Key::of(msg_id),
             waiter,
             registry: Arc::downgrade(self),
         }
@@ -154,7 +162,7 @@ impl ReplyRegistry {
 
     /// Hands a reply to its waiter; returns false (and logs) when nobody waits.
     pub fn deliver(&self, reply: Reply) -> bool {
-        let key = Key::of(&reply.msg_id);
+        let key = Key::of(reply.msg_id());
         let waiter = self.waiters.lock().get(&key).cloned();
         match waiter {
             Some(waiter) => {
@@ -162,7 +170,7 @@ impl ReplyRegistry {
                 true
             }
             None => {
-                tracing::debug!(msg_id = %reply.msg_id, "dropping a reply nobody waits for (late or duplicate)");
+                tracing::debug!(msg_id = %reply.msg_id(), "dropping a reply nobody waits for (late or duplicate)");
                 false
             }
         }
@@ -202,7 +210,7 @@ impl ReplyRegistry {
 /// The caller's end: replies to one message id.
 #[derive(Debug)]
 pub struct ReplyReceiver {
-    msg_id: String,
+    key: Key,
     waiter: Arc<Waiter>,
     registry: Weak<ReplyRegistry>,
 }
@@ -210,7 +218,7 @@ pub struct ReplyReceiver {
 impl ReplyReceiver {
     /// The message id the replies are correlated by (the request's `_msg_id`).
     pub fn msg_id(&self) -> &str {
-        &self.msg_id
+        self.key.as_str()
     }
 
     /// The next reply, or `None` when the transport closed.
@@ -239,7 +247,7 @@ impl ReplyReceiver {
 impl Drop for ReplyReceiver {
     fn drop(&mut self) {
         if let Some(registry) = self.registry.upgrade() {
-            registry.waiters.lock().remove(&Key::of(&self.msg_id));
+            registry.waiters.lock().remove(&self.key);
         }
     }
 }
@@ -252,10 +260,10 @@ mod tests {
     #[tokio::test]
     async fn late_replies_are_dropped_not_leaked() {
         let registry = ReplyRegistry::new();
-        let mut receiver = registry.register("m1".into());
+        let mut receiver = registry.register("m1");
         let null = null_value();
         assert!(registry.deliver_body(&encode_reply("m1", ReplyBody::Result(&null))));
-        assert!(receiver.recv().await.unwrap().ending);
+        assert!(receiver.recv().await.unwrap().ending());
         drop(receiver);
         assert!(registry.is_empty());
         assert!(!registry.deliver_body(&encode_reply("m1", ReplyBody::Result(&null))));
@@ -268,9 +276,9 @@ mod tests {
         let registry = ReplyRegistry::new();
         let id = crate::new_uuid_hex();
         let upper = id.to_uppercase();
-        let mut by_id = registry.register(id.clone());
-        let mut by_upper = registry.register(upper.clone());
-        let mut other = registry.register("m1".into());
+        let mut by_id = registry.register(&id);
+        let mut by_upper = registry.register(&upper);
+        let mut other = registry.register("m1");
         assert_eq!(registry.len(), 3);
         let null = null_value();
         for msg_id in [&upper, "m1", &id, "m2"] {
@@ -278,7 +286,7 @@ mod tests {
         }
         for receiver in [&mut by_id, &mut by_upper, &mut other] {
             let msg_id = receiver.msg_id().to_owned();
-            assert_eq!(receiver.recv().await.unwrap().msg_id, msg_id);
+            assert_eq!(receiver.recv().await.unwrap().msg_id(), msg_id);
         }
         // A stream's replies come in order.
         for seq in 0..3 {
@@ -286,7 +294,7 @@ mod tests {
             registry.deliver_body(&encode_reply(&id, reply));
         }
         for seq in 0..3 {
-            assert_eq!(by_id.recv().await.unwrap().seq, Some(seq));
+            assert_eq!(by_id.recv().await.unwrap().seq(), Some(seq));
         }
         drop((by_id, by_upper, other));
         assert!(registry.is_empty());

@@ -202,8 +202,10 @@ impl RpcClient {
         R: DeserializeOwned,
         A: Serialize + ?Sized,
     {
-        let raw = self.call_raw(context, method, args).await?;
-        serde_json::from_str(raw.get()).map_err(Error::Serialization)
+        let answer = self
+            .call_answer_as(self.target.version, context, method, args)
+            .await?;
+        serde_json::from_str(answer.json()).map_err(Error::Serialization)
     }
 
     /// Like [`RpcClient::call`], returning the result's JSON text.
@@ -216,19 +218,22 @@ impl RpcClient {
     where
         A: Serialize + ?Sized,
     {
-        self.call_raw_as(self.target.version, context, method, args)
-            .await
+        let answer = self
+            .call_answer_as(self.target.version, context, method, args)
+            .await?;
+        Ok(answer.into_raw())
     }
 
-    /// [`RpcClient::call_raw`] claiming `version` (typed clients: the
-    /// method's), without deriving a client for it.
-    pub(crate) fn call_raw_as<'a, A>(
+    /// A call claiming `version` (typed clients: the method's), without
+    /// deriving a client for it; its answer is decoded by the caller,
+    /// straight from the reply.
+    pub(crate) fn call_answer_as<'a, A>(
         &'a self,
         version: Option<Version>,
         context: &'a Context,
         method: &'a str,
         args: &'a A,
-    ) -> impl std::future::Future<Output = Result<Box<RawValue>>> + 'a
+    ) -> impl std::future::Future<Output = Result<Answer>> + 'a
     where
         A: Serialize + ?Sized,
     {
@@ -308,7 +313,7 @@ impl RpcClient {
         context: &Context,
         method: &str,
         args: &A,
-    ) -> Result<Box<RawValue>>
+    ) -> Result<Answer>
     where
         A: Serialize + ?Sized,
     {
@@ -323,18 +328,17 @@ impl RpcClient {
         let mut last_item = None;
         loop {
             let reply = self.next_reply(&mut receiver, deadline, method).await?;
-            if let Some(failure) = reply.failure {
-                return Err(self.remote_error(&failure, method, version));
+            if let Some(failure) = reply.failure() {
+                return Err(self.remote_error(failure, method, version));
             }
-            if reply.ending {
-                let result = match reply.seq {
+            if reply.ending() {
+                return Ok(match reply.seq() {
                     // The end of a stream: its last element is the result.
-                    Some(_) => last_item,
-                    None => last_item.or(reply.result),
-                };
-                return Ok(result.unwrap_or_else(envelope::null_value));
+                    Some(_) => last_item.unwrap_or(Answer(None)),
+                    None => last_item.unwrap_or(Answer(Some(reply))),
+                });
             }
-            last_item = Some(reply.result.unwrap_or_else(envelope::null_value));
+            last_item = Some(Answer(Some(reply)));
         }
     }
 
@@ -393,8 +397,8 @@ impl RpcClient {
             }
             let item = state.next_item().await;
             item.map(|item| {
-                let item = item.and_then(|raw| {
-                    serde_json::from_str::<R>(raw.get()).map_err(Error::Serialization)
+                let item = item.and_then(|answer| {
+                    serde_json::from_str::<R>(answer.json()).map_err(Error::Serialization)
                 });
                 (item, state)
             })
@@ -718,7 +722,7 @@ struct MulticallState {
 }
 
 impl MulticallState {
-    async fn next_item(&mut self) -> Option<Result<Box<RawValue>>> {
+    async fn next_item(&mut self) -> Option<Result<Answer>> {
         let deadline = self
             .first_deadline
             .take()
@@ -734,25 +738,25 @@ impl MulticallState {
                 return Some(Err(error));
             }
         };
-        if let Some(failure) = reply.failure {
+        if let Some(failure) = reply.failure() {
             self.done = true;
             return Some(Err(self.client.remote_error(
-                &failure,
+                failure,
                 &self.method,
                 self.version,
             )));
         }
-        if reply.ending {
+        if reply.ending() {
             self.done = true;
             // The end of a stream carries its element count; a unary endpoint
             // answers a multicall with one final result.
-            if self.received_items || reply.seq.is_some() {
+            if self.received_items || reply.seq().is_some() {
                 return None;
             }
         } else {
             self.received_items = true;
         }
-        Some(Ok(reply.result.unwrap_or_else(envelope::null_value)))
+        Some(Ok(Answer(Some(reply))))
     }
 }
 
@@ -772,5 +776,22 @@ impl<R> Stream for Replies<R> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         self.inner.poll_next_unpin(cx)
+    }
+}
+
+/// The answer of a call (or a stream element): the reply that carries it,
+/// read (and deserialized) straight from the reply's text; `None` stands for
+/// JSON `null`.
+pub(crate) struct Answer(Option<Reply>);
+
+impl Answer {
+    /// The answer's JSON text.
+    pub(crate) fn json(&self) -> &str {
+        self.0.as_ref().and_then(Reply::result).unwrap_or("null")
+    }
+
+    /// The answer as a raw value of its own.
+    fn into_raw(self) -> Box<RawValue> {
+        RawValue::from_string(self.json().to_owned()).expect("a reply's result is JSON")
     }
 }

@@ -1,4 +1,3 @@
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -131,12 +130,26 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for EndpointError {
 
 type Outcome = std::result::Result<Box<RawValue>, Box<RemoteFailure>>;
 
+/// A method's result, serialized only once its reply is written (straight
+/// into that reply): a cast's result is never serialized.
+trait ResultValue: Send {
+    /// The final reply to `msg_id` carrying this value.
+    fn encode_reply(&self, msg_id: &str) -> serde_json::Result<bytes::Bytes>;
+}
+
+impl<T: Serialize + Send> ResultValue for T {
+    fn encode_reply(&self, msg_id: &str) -> serde_json::Result<bytes::Bytes> {
+        envelope::encode_result_reply(msg_id, self)
+    }
+}
+
 enum Response {
-    Single(Outcome),
+    Single(std::result::Result<Box<dyn ResultValue>, Box<RemoteFailure>>),
     Stream(BoxStream<'static, Outcome>),
 }
 
-type Handler = Arc<dyn Fn(Context, Box<RawValue>) -> BoxFuture<'static, Response> + Send + Sync>;
+/// An endpoint method: the request's context and its arguments' JSON text.
+type Handler = Arc<dyn Fn(Context, &str) -> BoxFuture<'static, Response> + Send + Sync>;
 
 fn bad_arguments(method: &str, error: serde_json::Error) -> Box<RemoteFailure> {
     Box::new(RemoteFailure::new(
@@ -185,7 +198,7 @@ fn encode_result<R: Serialize>(value: &R) -> Outcome {
 pub struct Endpoint {
     namespace: Option<String>,
     version: Version,
-    methods: HashMap<String, Handler>,
+    methods: crate::FastMap<String, Handler>,
 }
 
 impl fmt::Debug for Endpoint {
@@ -212,7 +225,7 @@ impl Endpoint {
         Endpoint {
             namespace: None,
             version: Version::default(),
-            methods: HashMap::new(),
+            methods: crate::FastMap::default(),
         }
     }
 
@@ -242,8 +255,8 @@ impl Endpoint {
     {
         let handler = Arc::new(handler);
         let method = name.to_owned();
-        let erased: Handler = Arc::new(move |context, args: Box<RawValue>| {
-            let args = match serde_json::from_str::<A>(args.get()) {
+        let erased: Handler = Arc::new(move |context, args: &str| {
+            let args = match serde_json::from_str::<A>(args) {
                 Ok(args) => args,
                 Err(e) => {
                     let failure = bad_arguments(&method, e);
@@ -253,7 +266,7 @@ impl Endpoint {
             let fut = handler(context, args);
             async move {
                 Response::Single(match fut.await {
-                    Ok(value) => encode_result(&value),
+                    Ok(value) => Ok(Box::new(value) as Box<dyn ResultValue>),
                     Err(e) => Err(e.into().failure),
                 })
             }
@@ -275,8 +288,8 @@ impl Endpoint {
     {
         let handler = Arc::new(handler);
         let method = name.to_owned();
-        let erased: Handler = Arc::new(move |context, args: Box<RawValue>| {
-            let response = match serde_json::from_str::<A>(args.get()) {
+        let erased: Handler = Arc::new(move |context, args: &str| {
+            let response = match serde_json::from_str::<A>(args) {
                 Ok(args) => Response::Stream(
                     handler(context, args)
                         .map(|item| match item {
@@ -306,7 +319,7 @@ impl Dispatcher {
             Box::new(RemoteFailure::new(
                 "NoSuchMethod",
                 DISPATCHER_MODULE,
-                format!("Endpoint does not support RPC method {}", request.method),
+                format!("Endpoint does not support RPC method {}", request.method()),
             ))
         };
         let unsupported = |version: &str| {
@@ -315,23 +328,25 @@ impl Dispatcher {
                 DISPATCHER_MODULE,
                 format!(
                     "Endpoint does not support RPC version {version}. Attempted method: {}",
-                    request.method
+                    request.method()
                 ),
             ))
         };
-        if request.method.starts_with('_') {
+        if request.method().starts_with('_') {
             return Err(no_such_method());
         }
-        let version_text = request.version.as_deref().unwrap_or("1.0");
+        let version_text = request.version().unwrap_or("1.0");
         let version: Version = version_text
             .parse()
             .map_err(|_| unsupported(version_text))?;
         let mut found_compatible = false;
         for endpoint in &self.endpoints {
-            if endpoint.namespace != request.namespace || !endpoint.version.can_handle(version) {
+            if endpoint.namespace.as_deref() != request.namespace()
+                || !endpoint.version.can_handle(version)
+            {
                 continue;
             }
-            if let Some(handler) = endpoint.methods.get(&request.method) {
+            if let Some(handler) = endpoint.methods.get(request.method()) {
                 return Ok(handler);
             }
             found_compatible = true;
@@ -656,25 +671,23 @@ async fn process(delivery: Delivery, shared: &Shared) {
         }
     };
     delivery.ack().await;
-    if let (Some(seen), Some(unique_id)) = (&shared.seen, &request.unique_id) {
+    if let (Some(seen), Some(unique_id)) = (&shared.seen, request.unique_id()) {
         if seen.is_duplicate(unique_id) {
-            tracing::info!(method = %request.method, %unique_id, "dropping a redelivered duplicate");
+            tracing::info!(method = %request.method(), %unique_id, "dropping a redelivered duplicate");
             return;
         }
     }
     record_request(&request);
-    let reply_to = match (request.msg_id.take(), request.reply_q.take()) {
-        (Some(msg_id), Some(reply_q)) => Some((msg_id, reply_q)),
-        _ => None,
-    };
-    let response = match shared.dispatcher.find(&request) {
+    let context = request.take_context();
+    let request = &request;
+    let reply_to = request.msg_id().zip(request.reply_q());
+    let response = match shared.dispatcher.find(request) {
         Ok(handler) => {
-            let IncomingRequest { context, args, .. } = request;
-            let call = AssertUnwindSafe(handler(context, args)).catch_unwind();
+            let call = AssertUnwindSafe(handler(context, request.args())).catch_unwind();
             let outcome = match shared.handler_timeout {
                 Some(limit) => tokio::time::timeout(limit, call)
                     .await
-                    .map_err(|_| handler_timed_out(&request.method, limit)),
+                    .map_err(|_| handler_timed_out(request.method(), limit)),
                 None => Ok(call.await),
             };
             match outcome {
@@ -685,7 +698,24 @@ async fn process(delivery: Delivery, shared: &Shared) {
         }
         Err(failure) => Response::Single(Err(failure)),
     };
-    let method = &request.method;
+    // A call's result is serialized into its reply here, so that a value
+    // that cannot be serialized is answered (and counted) as a failure.
+    let mut encoded = None;
+    let response = match (response, reply_to) {
+        (Response::Single(Ok(value)), Some((msg_id, _))) => match value.encode_reply(msg_id) {
+            Ok(bytes) => {
+                encoded = Some(bytes);
+                Response::Single(Ok(value))
+            }
+            Err(e) => Response::Single(Err(Box::new(RemoteFailure::new(
+                "SerializationError",
+                "novarpc",
+                format!("cannot serialize the result: {e}"),
+            )))),
+        },
+        (response, _) => response,
+    };
+    let method = request.method();
     // Recorded when the request is done with (reply sent or cast handled).
     let _finished = Finished {
         metrics: shared.transport.metrics(),
@@ -732,10 +762,8 @@ async fn process(delivery: Delivery, shared: &Shared) {
         }
         return;
     };
-    let reply = |body: ReplyBody<'_>| {
-        let bytes = envelope::encode_reply(&msg_id, body);
+    let send = |bytes: bytes::Bytes| {
         let transport = &shared.transport;
-        let (reply_q, msg_id) = (&reply_q, &msg_id);
         async move {
             let reply_bytes = bytes.len();
             if let Err(error) = transport.send_reply(reply_q, msg_id, bytes).await {
@@ -751,8 +779,13 @@ async fn process(delivery: Delivery, shared: &Shared) {
             }
         }
     };
+    let reply = |body: ReplyBody<'_>| send(envelope::encode_reply(msg_id, body));
     match response {
-        Response::Single(Ok(value)) => reply(ReplyBody::Result(&value)).await,
+        Response::Single(Ok(_)) => {
+            if let Some(bytes) = encoded {
+                send(bytes).await
+            }
+        }
         Response::Single(Err(failure)) => reply(ReplyBody::Failure(&failure)).await,
         Response::Stream(mut stream) => {
             let mut seq = 0;
@@ -846,15 +879,15 @@ fn record_request(request: &IncomingRequest) {
     if span.is_disabled() {
         return;
     }
-    span.record("method", request.method.as_str());
-    if let Some(namespace) = &request.namespace {
-        span.record("namespace", namespace.as_str());
+    span.record("method", request.method());
+    if let Some(namespace) = request.namespace() {
+        span.record("namespace", namespace);
     }
-    span.record("version", request.version.as_deref().unwrap_or("1.0"));
-    if let Some(msg_id) = &request.msg_id {
-        span.record("msg_id", msg_id.as_str());
+    span.record("version", request.version().unwrap_or("1.0"));
+    if let Some(msg_id) = request.msg_id() {
+        span.record("msg_id", msg_id);
     }
-    if let Some(trace_id) = crate::service::trace_id(&request.context) {
+    if let Some(trace_id) = crate::service::trace_id(request.context()) {
         span.record("trace_id", trace_id);
     }
 }

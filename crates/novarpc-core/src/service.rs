@@ -235,12 +235,12 @@ impl ServiceClient {
         R: DeserializeOwned,
         A: Serialize + ?Sized,
     {
-        let raw = self
+        let answer = self
             .client
-            .call_raw_as(self.claim(since), &traced_context(context), method, args)
+            .call_answer_as(self.claim(since), &traced_context(context), method, args)
             .await
             .map_err(|error| CallError::from_error(error, decode))?;
-        serde_json::from_str(raw.get()).map_err(|e| CallError::Rpc(Error::Serialization(e)))
+        serde_json::from_str(answer.json()).map_err(|e| CallError::Rpc(Error::Serialization(e)))
     }
 
     /// Casts `method` (to every server when the client is a fanout).

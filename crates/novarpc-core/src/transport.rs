@@ -76,6 +76,9 @@ struct Inner {
     closed: AtomicBool,
     resolver: Resolver,
     metrics: crate::metrics::Metrics,
+    /// The driver's reply address once it has one: asked for once, not
+    /// through a (boxed) driver future on every call.
+    reply_address: std::sync::OnceLock<Box<str>>,
 }
 
 /// How a transport reaches other brokers.
@@ -137,6 +140,7 @@ impl Transport {
                 backend: driver.backend(),
                 capabilities: driver.capabilities(),
                 options: driver.options().clone(),
+                reply_address: std::sync::OnceLock::new(),
                 driver,
                 closed: AtomicBool::new(false),
                 resolver,
@@ -323,12 +327,19 @@ impl Transport {
         self.require(self.capabilities().call, "call")?;
         let driver = &self.inner.driver;
         let send = async {
-            let reply_to = driver.reply_address().await?;
-            let msg_id = envelope::new_unique_id();
+            let reply_to = match self.inner.reply_address.get() {
+                Some(address) => address,
+                None => {
+                    let address = driver.reply_address().await?;
+                    self.inner.reply_address.get_or_init(|| address.into())
+                }
+            };
+            let mut id = [0u8; 32];
+            let msg_id = envelope::unique_id_buf(&mut id);
             let body = encode_request(
                 request,
                 Some(CallHeader {
-                    msg_id: &msg_id,
+                    msg_id,
                     reply_q: reply_to,
                 }),
             )?;

@@ -1,4 +1,4 @@
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
@@ -6,6 +6,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 
 use crate::reply::ReplyRegistry;
+use crate::FastMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum QueueKind {
@@ -86,7 +87,7 @@ impl Queue {
 }
 
 /// exchange → routing key → bound queues.
-type Bindings = HashMap<String, HashMap<String, Vec<Arc<Queue>>>>;
+type Bindings = FastMap<String, FastMap<String, Vec<Arc<Queue>>>>;
 
 /// Exchanges are implicit: a binding maps (exchange, routing key) to queues.
 /// Topic exchanges here match routing keys exactly (novarpc uses no wildcards);
@@ -94,8 +95,8 @@ type Bindings = HashMap<String, HashMap<String, Vec<Arc<Queue>>>>;
 #[derive(Debug, Default)]
 pub(super) struct Broker {
     bindings: RwLock<Bindings>,
-    queues: Mutex<HashMap<String, Arc<Queue>>>,
-    reply_queues: RwLock<HashMap<String, Weak<ReplyRegistry>>>,
+    queues: Mutex<FastMap<String, Arc<Queue>>>,
+    reply_queues: RwLock<FastMap<String, Weak<ReplyRegistry>>>,
 }
 
 impl Broker {

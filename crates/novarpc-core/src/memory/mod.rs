@@ -177,8 +177,13 @@ impl MemoryDriver {
                 .publish(&exchange, "", target.server.as_deref(), body)
         } else {
             let exchange = self.exchange(target);
-            self.broker
-                .publish(exchange, &target.routing_key(), None, body)
+            match target.server {
+                // The topic is the routing key: no need to build it.
+                None => self.broker.publish(exchange, &target.topic, None, body),
+                Some(_) => self
+                    .broker
+                    .publish(exchange, &target.routing_key(), None, body),
+            }
         }
     }
 }

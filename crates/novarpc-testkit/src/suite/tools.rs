@@ -23,9 +23,9 @@ pub async fn taps_see_copies_without_taking_requests(backend: &dyn Backend) -> R
         .context("the tap ended")?;
     let request = novarpc::driver::envelope::decode_request(&copy.body)?;
     ensure!(
-        request.method == "record",
+        request.method() == "record",
         "the tap saw `{}`",
-        request.method
+        request.method()
     );
     copy.ack().await;
     tap.stop().await?;
