@@ -627,7 +627,7 @@ async fn serve(
         let shared = shared.clone();
         let abandon = abandon.clone();
         let span = request_span(&shared.target);
-        in_flight.spawn(
+        let mut request = Box::pin(
             async move {
                 let _in_flight = shared.transport.metrics().start(Side::Server);
                 let started = tokio::time::Instant::now();
@@ -645,6 +645,13 @@ async fn serve(
             }
             .instrument(span),
         );
+        // A handler that answers without waiting (and a reply the broker
+        // takes at once, as the in-process one does) finishes in its first
+        // poll: that runs here, and only a request that waits becomes a task
+        // of its own (polled on any worker), saving a task per request.
+        if futures::poll!(request.as_mut()).is_pending() {
+            in_flight.spawn(request);
+        }
     }
     let stopped = listener.stop().await;
     in_flight.close();

@@ -108,6 +108,14 @@ impl Target {
             if value.is_empty() {
                 return Err(Error::InvalidTarget(format!("{what} must not be empty")));
             }
+            // Checked on every request: plain ASCII names need no look at
+            // Unicode's whitespace.
+            if value
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !matches!(b, b'#' | b'*' | b','))
+            {
+                return Ok(());
+            }
             // '#' and '*' are AMQP topic wildcards; ',' and whitespace break queue names.
             if let Some(c) = value
                 .chars()
