@@ -27,6 +27,8 @@ use serde_json::{Map, Value};
 use crate::error::Error;
 use crate::notify::Priority;
 
+mod escaped;
+
 /// The request context: string keys, JSON values. It travels with every message
 /// (as `_context_<key>`) and reaches the endpoint.
 pub type Context = Map<String, Value>;
@@ -485,22 +487,12 @@ impl Body {
 
     /// Appends a JSON value, escaped.
     fn value<T: Serialize + ?Sized>(&mut self, value: &T) -> serde_json::Result<()> {
-        value.serialize(&mut serde_json::Serializer::with_formatter(
-            &mut self.buf,
-            Escaped,
-        ))
+        value.serialize(escaped::Esc { out: &mut self.buf })
     }
 
-    /// Appends a JSON string, escaped: as [`Body::value`] writes it, but a
-    /// string with nothing to escape (ids, names) is copied whole rather
-    /// than through serde_json's byte-by-byte escaping.
+    /// Appends a JSON string, escaped (as [`Body::value`] writes it).
     fn string(&mut self, value: &str) -> serde_json::Result<()> {
-        if find_special(value.as_bytes()).is_some() {
-            return self.value(value);
-        }
-        self.buf.extend_from_slice(b"\\\"");
-        self.buf.extend_from_slice(value.as_bytes());
-        self.buf.extend_from_slice(b"\\\"");
+        escaped::write_str(&mut self.buf, value);
         Ok(())
     }
 
