@@ -199,7 +199,13 @@ struct LapinAcknowledge(lapin::Acker);
 #[async_trait]
 impl Acknowledge for LapinAcknowledge {
     async fn ack(self: Box<Self>) {
-        if let Err(error) = self.0.ack(BasicAckOptions::default()).await {
+        // lapin queues the acknowledgement for its connection when the
+        // future is first polled; waiting for it to be written would hold
+        // every request back by a round trip through lapin's I/O thread. An
+        // acknowledgement that is lost with its channel means a redelivery,
+        // which servers drop by its `_unique_id`, as when one fails here.
+        let ack = self.0.ack(BasicAckOptions::default());
+        if let Some(Err(error)) = futures::FutureExt::now_or_never(ack) {
             tracing::warn!(%error, "cannot acknowledge a message (it will be redelivered)");
         }
     }
