@@ -465,6 +465,19 @@ fn escape_into<W: ?Sized + io::Write>(writer: &mut W, mut bytes: &[u8]) -> io::R
     }
 }
 
+thread_local! {
+    /// Each thread's buffer for writing envelopes. A message is written here
+    /// and then copied once into an allocation of its exact size, which
+    /// `Bytes` takes over as it is: no growing buffer, no unused capacity
+    /// kept by messages waiting in queues, and no separate `Bytes` header
+    /// (which a buffer with spare capacity costs).
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// A thread keeps a scratch buffer up to this size (larger messages get one
+/// of their own).
+const SCRATCH_KEPT: usize = 64 * 1024;
+
 /// An envelope being written: the prefix, then the inner message escaped as
 /// it is serialized, then [`SUFFIX`].
 struct Body {
@@ -474,8 +487,12 @@ struct Body {
 impl Body {
     /// A body with room for an inner message of about `inner_len` bytes.
     fn with_capacity(inner_len: usize) -> Self {
+        // Taken, not borrowed: a value whose serialization writes another
+        // envelope gets a buffer of its own.
+        let mut buf = SCRATCH.try_with(std::cell::Cell::take).unwrap_or_default();
+        buf.clear();
         // Escaping adds a backslash per quote: leave room for it.
-        let mut buf = Vec::with_capacity(PREFIX.len() + inner_len + inner_len / 4 + 256);
+        buf.reserve(PREFIX.len() + inner_len + inner_len / 4 + 256);
         buf.extend_from_slice(PREFIX);
         Body { buf }
     }
@@ -498,7 +515,16 @@ impl Body {
 
     fn finish(mut self) -> Bytes {
         self.buf.extend_from_slice(SUFFIX);
-        Bytes::from(self.buf)
+        Bytes::copy_from_slice(&self.buf)
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        if self.buf.capacity() <= SCRATCH_KEPT {
+            let buf = std::mem::take(&mut self.buf);
+            let _ = SCRATCH.try_with(|scratch| scratch.set(buf));
+        }
     }
 }
 
