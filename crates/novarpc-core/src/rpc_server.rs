@@ -500,6 +500,13 @@ struct Executor {
 /// Serves endpoints on a target until stopped. Dropping it stops it too (in
 /// the background); [`RpcServer::stop`] waits for in-flight requests.
 ///
+/// Up to `executor_thread_pool_size` requests are handled at once. A request
+/// is first polled by the server's own loop, and becomes a task of its own
+/// (run on any worker) when it has to wait: a method that answers without
+/// waiting costs no task, but one that computes for long without an
+/// `.await` holds the next request back meanwhile, as it would hold a
+/// worker thread; such work belongs in `tokio::task::spawn_blocking`.
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), novarpc_core::Error> {
