@@ -70,41 +70,12 @@ fn not_raw_text() -> serde_json::Error {
     ser::Error::custom("a raw value holds its JSON text")
 }
 
+/// Scalar methods of a [`ser::Serializer`] that fail with `$error`.
 macro_rules! refuse_scalars {
-    ($error:expr) => {
-        fn serialize_bool(self, _value: bool) -> Result {
+    ($error:expr; $($method:ident($type:ty)),* $(,)?) => {
+        $(fn $method(self, _value: $type) -> Result {
             Err($error)
-        }
-        fn serialize_i8(self, _value: i8) -> Result {
-            Err($error)
-        }
-        fn serialize_i16(self, _value: i16) -> Result {
-            Err($error)
-        }
-        fn serialize_i32(self, _value: i32) -> Result {
-            Err($error)
-        }
-        fn serialize_i64(self, _value: i64) -> Result {
-            Err($error)
-        }
-        fn serialize_u8(self, _value: u8) -> Result {
-            Err($error)
-        }
-        fn serialize_u16(self, _value: u16) -> Result {
-            Err($error)
-        }
-        fn serialize_u32(self, _value: u32) -> Result {
-            Err($error)
-        }
-        fn serialize_u64(self, _value: u64) -> Result {
-            Err($error)
-        }
-        fn serialize_f32(self, _value: f32) -> Result {
-            Err($error)
-        }
-        fn serialize_f64(self, _value: f64) -> Result {
-            Err($error)
-        }
+        })*
     };
 }
 
@@ -374,49 +345,29 @@ impl<'a> Compound<'a> {
     }
 }
 
-impl ser::SerializeSeq for Compound<'_> {
-    type Ok = ();
-    type Error = serde_json::Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
-        self.element(value)
-    }
-    fn end(self) -> Result {
-        self.close()
-    }
+/// The element-by-element compounds (arrays, tuples, tuple structs and
+/// variants) are one and the same here.
+macro_rules! elements {
+    ($($trait:ident::$method:ident),* $(,)?) => {
+        $(impl ser::$trait for Compound<'_> {
+            type Ok = ();
+            type Error = serde_json::Error;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
+                self.element(value)
+            }
+            fn end(self) -> Result {
+                self.close()
+            }
+        })*
+    };
 }
 
-impl ser::SerializeTuple for Compound<'_> {
-    type Ok = ();
-    type Error = serde_json::Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
-        self.element(value)
-    }
-    fn end(self) -> Result {
-        self.close()
-    }
-}
-
-impl ser::SerializeTupleStruct for Compound<'_> {
-    type Ok = ();
-    type Error = serde_json::Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
-        self.element(value)
-    }
-    fn end(self) -> Result {
-        self.close()
-    }
-}
-
-impl ser::SerializeTupleVariant for Compound<'_> {
-    type Ok = ();
-    type Error = serde_json::Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
-        self.element(value)
-    }
-    fn end(self) -> Result {
-        self.close()
-    }
-}
+elements!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field,
+);
 
 impl ser::SerializeMap for Compound<'_> {
     type Ok = ();
@@ -489,10 +440,21 @@ impl ser::Serializer for RawText<'_, '_> {
         escape_into(&mut **self.out, value.as_bytes()).map_err(serde_json::Error::io)
     }
 
-    refuse_scalars!(not_raw_text());
-    fn serialize_char(self, _value: char) -> Result {
-        Err(not_raw_text())
-    }
+    refuse_scalars!(
+        not_raw_text();
+        serialize_bool(bool),
+        serialize_i8(i8),
+        serialize_i16(i16),
+        serialize_i32(i32),
+        serialize_i64(i64),
+        serialize_u8(u8),
+        serialize_u16(u16),
+        serialize_u32(u32),
+        serialize_u64(u64),
+        serialize_f32(f32),
+        serialize_f64(f64),
+        serialize_char(char),
+    );
     fn serialize_unit_variant(
         self,
         _name: &'static str,
