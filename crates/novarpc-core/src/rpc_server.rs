@@ -655,9 +655,17 @@ async fn serve(
         // A handler that answers without waiting (and a reply the broker
         // takes at once, as the in-process one does) finishes in its first
         // poll: that runs here, and only a request that waits becomes a task
-        // of its own (polled on any worker), saving a task per request.
-        if futures::poll!(request.as_mut()).is_pending() {
-            in_flight.spawn(request);
+        // of its own (polled on any worker), saving a task per request. A
+        // panic there ends that request, never the loop (as it would end
+        // only its task).
+        match futures::poll!(AssertUnwindSafe(request.as_mut()).catch_unwind()) {
+            std::task::Poll::Pending => {
+                in_flight.spawn(request);
+            }
+            std::task::Poll::Ready(Ok(())) => {}
+            std::task::Poll::Ready(Err(panic)) => {
+                let _ = panic_failure(panic);
+            }
         }
     }
     let stopped = listener.stop().await;
@@ -713,20 +721,24 @@ async fn process(delivery: Delivery, shared: &Shared) {
         Err(failure) => Response::Single(Err(failure)),
     };
     // A call's result is serialized into its reply here, so that a value
-    // that cannot be serialized is answered (and counted) as a failure.
+    // that cannot be serialized (or whose serialization panics) is answered
+    // and counted as a failure.
     let mut encoded = None;
     let response = match (response, reply_to) {
-        (Response::Single(Ok(value)), Some((msg_id, _))) => match value.encode_reply(msg_id) {
-            Ok(bytes) => {
-                encoded = Some(bytes);
-                Response::Single(Ok(value))
+        (Response::Single(Ok(value)), Some((msg_id, _))) => {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| value.encode_reply(msg_id))) {
+                Ok(Ok(bytes)) => {
+                    encoded = Some(bytes);
+                    Response::Single(Ok(value))
+                }
+                Ok(Err(e)) => Response::Single(Err(Box::new(RemoteFailure::new(
+                    "SerializationError",
+                    "novarpc",
+                    format!("cannot serialize the result: {e}"),
+                )))),
+                Err(panic) => Response::Single(Err(panic_failure(panic))),
             }
-            Err(e) => Response::Single(Err(Box::new(RemoteFailure::new(
-                "SerializationError",
-                "novarpc",
-                format!("cannot serialize the result: {e}"),
-            )))),
-        },
+        }
         (response, _) => response,
     };
     let method = request.method();

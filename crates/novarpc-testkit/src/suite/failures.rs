@@ -64,6 +64,18 @@ pub async fn panicking_handler_becomes_remote_error(backend: &dyn Backend) -> Re
         }
         other => anyhow::bail!("expected a remote Panic, got {other:?}"),
     }
+    // A result whose serialization panics is a failure too.
+    let result: novarpc::Result<Value> =
+        f.client().call(&ctx(), "panic_in_result", &json!({})).await;
+    match result {
+        Err(Error::Remote(failure)) => {
+            ensure!(
+                failure.class == "Panic" && failure.message.contains("while serializing"),
+                "{failure:?}"
+            )
+        }
+        other => anyhow::bail!("expected a remote Panic, got {other:?}"),
+    }
     let sum: i64 = f
         .client()
         .call(&ctx(), "add", &json!({"a": 1, "b": 1}))

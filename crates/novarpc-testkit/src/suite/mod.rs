@@ -98,6 +98,9 @@ fn standard_endpoint(server: &str, records: mpsc::UnboundedSender<Record>) -> En
             }
             Ok::<(), EndpointError>(())
         })
+        .method("panic_in_result", |_ctx, _: NoArgs| async move {
+            Ok::<_, EndpointError>(PanicsWhenSerialized)
+        })
         .method("_private", |_ctx, _: NoArgs| async move {
             Ok::<_, EndpointError>("secret")
         })
@@ -205,4 +208,14 @@ impl<'b> Fixture<'b> {
 
 fn ctx() -> Context {
     Context::new()
+}
+
+/// A result whose serialization panics: the server answers with a `Panic`
+/// failure and goes on serving.
+struct PanicsWhenSerialized;
+
+impl serde::Serialize for PanicsWhenSerialized {
+    fn serialize<S: serde::Serializer>(&self, _serializer: S) -> Result<S::Ok, S::Error> {
+        panic!("result exploded while serializing")
+    }
 }
