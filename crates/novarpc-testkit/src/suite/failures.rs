@@ -54,27 +54,21 @@ pub async fn malformed_message_is_rejected_and_server_keeps_serving(
 pub async fn panicking_handler_becomes_remote_error(backend: &dyn Backend) -> Result<()> {
     let mut f = Fixture::new(backend).await?;
     f.serve(backend, "host1").await?;
-    let result: novarpc::Result<Value> = f.client().call(&ctx(), "panic", &json!({})).await;
-    match result {
-        Err(Error::Remote(failure)) => {
-            ensure!(
-                failure.class == "Panic" && failure.message.contains("exploded"),
-                "{failure:?}"
-            )
+    // A handler that panics, and a result whose serialization panics.
+    for (method, message) in [
+        ("panic", "exploded"),
+        ("panic_in_result", "while serializing"),
+    ] {
+        let result: novarpc::Result<Value> = f.client().call(&ctx(), method, &json!({})).await;
+        match result {
+            Err(Error::Remote(failure)) => {
+                ensure!(
+                    failure.class == "Panic" && failure.message.contains(message),
+                    "{failure:?}"
+                )
+            }
+            other => anyhow::bail!("expected a remote Panic from {method}, got {other:?}"),
         }
-        other => anyhow::bail!("expected a remote Panic, got {other:?}"),
-    }
-    // A result whose serialization panics is a failure too.
-    let result: novarpc::Result<Value> =
-        f.client().call(&ctx(), "panic_in_result", &json!({})).await;
-    match result {
-        Err(Error::Remote(failure)) => {
-            ensure!(
-                failure.class == "Panic" && failure.message.contains("while serializing"),
-                "{failure:?}"
-            )
-        }
-        other => anyhow::bail!("expected a remote Panic, got {other:?}"),
     }
     let sum: i64 = f
         .client()
