@@ -508,9 +508,8 @@ impl Body {
     }
 
     /// Appends a JSON string, escaped (as [`Body::value`] writes it).
-    fn string(&mut self, value: &str) -> serde_json::Result<()> {
+    fn string(&mut self, value: &str) {
         escaped::write_str(&mut self.buf, value);
-        Ok(())
     }
 
     fn finish(mut self) -> Bytes {
@@ -829,28 +828,28 @@ fn write_request<A: Serialize + ?Sized>(
     // can be checked where they land.
     let mut body = Body::with_capacity(256 + 64 * request.context.len());
     body.raw(b"{\\\"method\\\":");
-    body.string(request.method)?;
+    body.string(request.method);
     body.raw(b",\\\"args\\\":");
     let args_at = body.buf.len();
     body.value(request.args)?;
     let is_object = body.buf.get(args_at) == Some(&b'{');
     if let Some(namespace) = request.namespace {
         body.raw(b",\\\"namespace\\\":");
-        body.string(namespace)?;
+        body.string(namespace);
     }
     if let Some(version) = request.version {
         body.raw(b",\\\"version\\\":");
-        body.string(version)?;
+        body.string(version);
     }
     if let Some(call) = &call {
         body.raw(b",\\\"_msg_id\\\":");
-        body.string(call.msg_id)?;
+        body.string(call.msg_id);
         body.raw(b",\\\"_reply_q\\\":");
-        body.string(call.reply_q)?;
+        body.string(call.reply_q);
         body.raw(b",\\\"_timeout\\\":null");
     }
     body.raw(b",\\\"_unique_id\\\":");
-    body.string(unique_id)?;
+    body.string(unique_id);
     write_context(&mut body, request.context)?;
     body.raw(b"}");
     Ok((body.finish(), is_object))
@@ -1102,9 +1101,9 @@ pub(crate) fn encode_result_reply<T: Serialize + ?Sized>(
     body.raw(b"{\\\"result\\\":");
     body.value(value)?;
     body.raw(b",\\\"failure\\\":null,\\\"ending\\\":true,\\\"_msg_id\\\":");
-    body.string(msg_id)?;
+    body.string(msg_id);
     body.raw(b",\\\"_unique_id\\\":");
-    body.string(unique_id)?;
+    body.string(unique_id);
     body.raw(b"}");
     Ok(body.finish())
 }

@@ -22,7 +22,7 @@ pub struct ReplyRegistry {
 /// A waiter's message id as the registry keys it: novarpc's ids (uuid4 in
 /// 32 hex digits) inline, so registering and looking up copy no string and
 /// hash a few words; any other id as itself.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Key {
     Id([u8; 32]),
     Text(Box<str>),
@@ -152,9 +152,10 @@ impl ReplyRegistry {
     /// Registers a waiter for `msg_id`.
     pub fn register(self: &Arc<Self>, msg_id: &str) -> ReplyReceiver {
         let waiter = Arc::new(Waiter::default());
-        self.waiters.lock().insert(Key::of(msg_id), waiter.clone());
+        let key = Key::of(msg_id);
+        self.waiters.lock().insert(key.clone(), waiter.clone());
         ReplyReceiver {
-            key: Key::of(msg_id),
+            key,
             waiter,
             registry: Arc::downgrade(self),
         }

@@ -84,11 +84,12 @@ impl Target {
         self.exchange.as_deref().unwrap_or(control_exchange)
     }
 
-    /// oslo's routing key of a request: `topic`, or `topic.server`.
-    pub fn routing_key(&self) -> String {
+    /// oslo's routing key of a request: `topic`, or `topic.server` (built
+    /// only then: most requests go to the topic, once per message).
+    pub fn routing_key(&self) -> std::borrow::Cow<'_, str> {
         match &self.server {
-            Some(server) => format!("{}.{server}", self.topic),
-            None => self.topic.clone(),
+            Some(server) => format!("{}.{server}", self.topic).into(),
+            None => self.topic.as_str().into(),
         }
     }
 

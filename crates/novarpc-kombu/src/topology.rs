@@ -270,7 +270,7 @@ impl QueueSpec {
     pub(crate) fn tap(target: &Target, exchange: &str, unique: &str) -> Self {
         let topic_exchange = Exchange::Topic(exchange.to_owned());
         let mut bindings = match &target.server {
-            Some(_) => vec![(topic_exchange, target.routing_key())],
+            Some(_) => vec![(topic_exchange, target.routing_key().into_owned())],
             None => vec![
                 (topic_exchange.clone(), target.topic.clone()),
                 (topic_exchange, format!("{}.*", target.topic)),

@@ -453,7 +453,7 @@ impl Driver for KombuDriver {
                 None,
             )
         } else {
-            let key = target.routing_key();
+            let key = target.routing_key().into_owned();
             // A cast waits in its target's queue for the first server: declare
             // it as a server would (same name, bindings and arguments).
             let queue = QueueSpec::topic_consumer(&key, exchange_name, &key, options);
@@ -653,7 +653,7 @@ impl Driver for KombuDriver {
             .map_err(KombuError::from_pool)?;
         let mut names = vec![target.topic.clone()];
         if target.server.is_some() {
-            names.push(target.routing_key());
+            names.push(target.routing_key().into_owned());
         }
         for name in names {
             channel

@@ -83,10 +83,20 @@ fn key_must_be_a_string() -> serde_json::Error {
     ser::Error::custom("key must be a string")
 }
 
-/// The rest of a [`ser::Serializer`] whose input can only be a string:
-/// each method fails with `$error`.
+/// The rest of a [`ser::Serializer`] whose input can only be a string: its
+/// types, and compound and empty values, each failing with `$error`.
 macro_rules! refuse_others {
     ($error:expr) => {
+        type Ok = ();
+        type Error = serde_json::Error;
+        type SerializeSeq = Impossible<(), serde_json::Error>;
+        type SerializeTuple = Impossible<(), serde_json::Error>;
+        type SerializeTupleStruct = Impossible<(), serde_json::Error>;
+        type SerializeTupleVariant = Impossible<(), serde_json::Error>;
+        type SerializeMap = Impossible<(), serde_json::Error>;
+        type SerializeStruct = Impossible<(), serde_json::Error>;
+        type SerializeStructVariant = Impossible<(), serde_json::Error>;
+
         fn serialize_bytes(self, _value: &[u8]) -> Result {
             Err($error)
         }
@@ -155,6 +165,30 @@ macro_rules! refuse_others {
     };
 }
 
+/// Calls `$callback!` with the booleans' and numbers' serializer methods
+/// (and any others given), so the two serializers that hand these to
+/// serde_json list them once.
+macro_rules! with_scalars {
+    ($callback:ident $(, $method:ident($type:ty))* $(,)?) => {
+        $callback!(
+            serialize_bool(bool),
+            serialize_i8(i8),
+            serialize_i16(i16),
+            serialize_i32(i32),
+            serialize_i64(i64),
+            serialize_i128(i128),
+            serialize_u8(u8),
+            serialize_u16(u16),
+            serialize_u32(u32),
+            serialize_u64(u64),
+            serialize_u128(u128),
+            serialize_f32(f32),
+            serialize_f64(f64),
+            $($method($type),)*
+        );
+    };
+}
+
 macro_rules! by_serde_json {
     ($($method:ident($type:ty)),* $(,)?) => {
         $(fn $method(self, value: $type) -> Result {
@@ -174,22 +208,7 @@ impl<'a> ser::Serializer for Esc<'a> {
     type SerializeStruct = StructCompound<'a>;
     type SerializeStructVariant = Compound<'a>;
 
-    by_serde_json!(
-        serialize_bool(bool),
-        serialize_i8(i8),
-        serialize_i16(i16),
-        serialize_i32(i32),
-        serialize_i64(i64),
-        serialize_i128(i128),
-        serialize_u8(u8),
-        serialize_u16(u16),
-        serialize_u32(u32),
-        serialize_u64(u64),
-        serialize_u128(u128),
-        serialize_f32(f32),
-        serialize_f64(f64),
-        serialize_bytes(&[u8]),
-    );
+    with_scalars!(by_serde_json, serialize_bytes(&[u8]));
 
     fn serialize_char(self, value: char) -> Result {
         write_str(self.out, value.encode_utf8(&mut [0; 4]));
@@ -269,9 +288,7 @@ impl<'a> ser::Serializer for Esc<'a> {
         variant: &'static str,
         _len: usize,
     ) -> Result<Compound<'a>> {
-        self.out.push(b'{');
-        write_str(self.out, variant);
-        Ok(Compound::open(self.out, b":[", b"]}"))
+        Ok(Compound::variant(self.out, variant, b":[", b"]}"))
     }
 
     fn serialize_map(self, _len: Option<usize>) -> Result<Compound<'a>> {
@@ -292,9 +309,7 @@ impl<'a> ser::Serializer for Esc<'a> {
         variant: &'static str,
         _len: usize,
     ) -> Result<Compound<'a>> {
-        self.out.push(b'{');
-        write_str(self.out, variant);
-        Ok(Compound::open(self.out, b":{", b"}}"))
+        Ok(Compound::variant(self.out, variant, b":{", b"}}"))
     }
 }
 
@@ -319,6 +334,13 @@ impl<'a> Compound<'a> {
             first: true,
             close,
         }
+    }
+
+    /// A variant's value: `{"variant"` then `open` ... `close`.
+    fn variant(out: &'a mut Vec<u8>, variant: &str, open: &[u8], close: &'static [u8]) -> Self {
+        out.push(b'{');
+        write_str(out, variant);
+        Compound::open(out, open, close)
     }
 
     fn comma(&mut self) {
@@ -421,23 +443,13 @@ impl ser::SerializeStruct for StructCompound<'_> {
 
 /// Takes a raw value's JSON text and writes it escaped once (it is JSON
 /// already), as serde_json's raw fragments go through [`Escaped`].
-struct RawText<'a, 'b> {
-    out: &'a mut &'b mut Vec<u8>,
+struct RawText<'a> {
+    out: &'a mut Vec<u8>,
 }
 
-impl ser::Serializer for RawText<'_, '_> {
-    type Ok = ();
-    type Error = serde_json::Error;
-    type SerializeSeq = Impossible<(), serde_json::Error>;
-    type SerializeTuple = Impossible<(), serde_json::Error>;
-    type SerializeTupleStruct = Impossible<(), serde_json::Error>;
-    type SerializeTupleVariant = Impossible<(), serde_json::Error>;
-    type SerializeMap = Impossible<(), serde_json::Error>;
-    type SerializeStruct = Impossible<(), serde_json::Error>;
-    type SerializeStructVariant = Impossible<(), serde_json::Error>;
-
+impl ser::Serializer for RawText<'_> {
     fn serialize_str(self, value: &str) -> Result {
-        escape_into(&mut **self.out, value.as_bytes()).map_err(serde_json::Error::io)
+        escape_into(self.out, value.as_bytes()).map_err(serde_json::Error::io)
     }
 
     refuse_scalars!(
@@ -487,32 +499,7 @@ macro_rules! key_by_serde_json {
 }
 
 impl ser::Serializer for KeyEsc<'_> {
-    type Ok = ();
-    type Error = serde_json::Error;
-    type SerializeSeq = Impossible<(), serde_json::Error>;
-    type SerializeTuple = Impossible<(), serde_json::Error>;
-    type SerializeTupleStruct = Impossible<(), serde_json::Error>;
-    type SerializeTupleVariant = Impossible<(), serde_json::Error>;
-    type SerializeMap = Impossible<(), serde_json::Error>;
-    type SerializeStruct = Impossible<(), serde_json::Error>;
-    type SerializeStructVariant = Impossible<(), serde_json::Error>;
-
-    key_by_serde_json!(
-        serialize_bool(bool),
-        serialize_i8(i8),
-        serialize_i16(i16),
-        serialize_i32(i32),
-        serialize_i64(i64),
-        serialize_i128(i128),
-        serialize_u8(u8),
-        serialize_u16(u16),
-        serialize_u32(u32),
-        serialize_u64(u64),
-        serialize_u128(u128),
-        serialize_f32(f32),
-        serialize_f64(f64),
-        serialize_char(char),
-    );
+    with_scalars!(key_by_serde_json, serialize_char(char));
 
     fn serialize_str(self, value: &str) -> Result {
         write_str(self.out, value);

@@ -177,13 +177,8 @@ impl MemoryDriver {
                 .publish(&exchange, "", target.server.as_deref(), body)
         } else {
             let exchange = self.exchange(target);
-            match target.server {
-                // The topic is the routing key: no need to build it.
-                None => self.broker.publish(exchange, &target.topic, None, body),
-                Some(_) => self
-                    .broker
-                    .publish(exchange, &target.routing_key(), None, body),
-            }
+            self.broker
+                .publish(exchange, &target.routing_key(), None, body)
         }
     }
 }
@@ -215,12 +210,8 @@ impl Driver for MemoryDriver {
             // A cast waits in its target's shared queue for the first server,
             // as on the brokers.
             let key = target.routing_key();
-            self.broker.declare_queue(
-                &key,
-                QueueKind::Shared,
-                self.exchange(target),
-                &[key.as_str()],
-            );
+            self.broker
+                .declare_queue(&key, QueueKind::Shared, self.exchange(target), &[&*key]);
         }
         if !self.route(target, request.body) {
             tracing::debug!(target_ = %target, "fanout cast dropped: nobody listens");
@@ -318,12 +309,9 @@ impl Driver for MemoryDriver {
             for priority in priorities {
                 let key = target.notification_key(*priority);
                 let queue_name = pool.unwrap_or(&key);
-                let queue = self.broker.declare_queue(
-                    queue_name,
-                    QueueKind::Shared,
-                    exchange,
-                    &[key.as_str()],
-                );
+                let queue =
+                    self.broker
+                        .declare_queue(queue_name, QueueKind::Shared, exchange, &[&*key]);
                 if subscriptions.iter().any(|(q, _)| Arc::ptr_eq(q, &queue)) {
                     continue;
                 }
@@ -345,7 +333,7 @@ impl Driver for MemoryDriver {
         let name = format!("novarpc_tap_{}", crate::new_uuid_hex());
         let mut keys = vec![target.topic.clone()];
         if target.server.is_some() {
-            keys.push(target.routing_key());
+            keys.push(target.routing_key().into_owned());
         }
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let queue = self
