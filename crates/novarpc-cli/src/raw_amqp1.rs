@@ -52,7 +52,7 @@ async fn receiver(session: &mut Opened, name: &str, address: &str) -> Result<Rec
     Ok(Receiver::builder()
         .name(format!("{name}-{}", uuid::Uuid::new_v4().simple()))
         .source(address)
-        .credit_mode(CreditMode::Auto(CREDIT))
+        .credit_mode(CreditMode::Manual)
         .auto_accept(false)
         .attach(&mut session.session)
         .await?)
@@ -67,6 +67,20 @@ async fn sender(session: &mut Opened, name: &str, address: &str) -> Result<Sende
     .await?)
 }
 
+/// The next delivery, granting credit in whole windows as the qpid driver
+/// does: RabbitMQ 3's plugin adds a flow's `link-credit` to transfers already
+/// in flight, so fe2o3-amqp's `CreditMode::Auto` (topping up early) lets the
+/// broker overrun the link, which fe2o3-amqp then detaches, stalling every
+/// call of the baseline.
+async fn next_delivery(
+    receiver: &mut Receiver,
+) -> Result<fe2o3_amqp::link::delivery::Delivery<Body<Value>>> {
+    if receiver.credit() == 0 {
+        receiver.set_credit(CREDIT).await?;
+    }
+    Ok(receiver.recv::<Body<Value>>().await?)
+}
+
 fn data_of(body: Body<Value>) -> Vec<u8> {
     match body {
         Body::Data(batch) => batch.into_iter().flat_map(|d| d.0.into_vec()).collect(),
@@ -79,7 +93,15 @@ async fn close(mut opened: Opened) {
     let _ = opened.connection.close().await;
 }
 
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>;
+/// Callers waiting for replies; `None` once either link has failed, so calls
+/// made or waiting then fail at once instead of waiting out the deadline.
+type Pending = Arc<Mutex<Option<HashMap<String, oneshot::Sender<Vec<u8>>>>>>;
+
+/// Ends the baseline's calls after a link failed, saying why on stderr.
+fn fail_calls(pending: &Pending, link: &str, error: &anyhow::Error) {
+    eprintln!("raw fe2o3-amqp baseline: the {link} link failed: {error:#}");
+    pending.lock().take();
+}
 
 /// A hand-written request/response on fe2o3-amqp: pre-settled requests with
 /// `reply-to` and `message-id` to a queue whose receiver accepts each and
@@ -104,9 +126,15 @@ impl RawAmqp1Rpc {
         let mut answers = sender(&mut server, "raw-answers", REPLIES).await?;
         let mut replies = receiver(&mut client, "raw-replies", REPLIES).await?;
         let requests = sender(&mut client, "raw-client", REQUESTS).await?;
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        let serving = pending.clone();
         // Requests left by an earlier, interrupted run are drained unanswered.
         let serve = tokio::spawn(async move {
-            while let Ok(delivery) = incoming.recv::<Body<Value>>().await {
+            let ended = loop {
+                let delivery = match next_delivery(&mut incoming).await {
+                    Ok(delivery) => delivery,
+                    Err(error) => break error,
+                };
                 let info = DeliveryInfo::from(&delivery);
                 let message = delivery.into_message();
                 let correlation = message
@@ -122,15 +150,19 @@ impl RawAmqp1Rpc {
                     .data(Data(data_of(message.body).into()))
                     .build();
                 let sendable = Sendable::builder().message(reply).settled(true).build();
-                if answers.send_batchable(sendable).await.is_err() {
-                    break;
+                if let Err(error) = answers.send_batchable(sendable).await {
+                    break error.into();
                 }
-            }
+            };
+            fail_calls(&serving, "request", &ended);
         });
-        let pending: Pending = Arc::default();
         let waiting = pending.clone();
         let receive = tokio::spawn(async move {
-            while let Ok(delivery) = replies.recv::<Body<Value>>().await {
+            let ended = loop {
+                let delivery = match next_delivery(&mut replies).await {
+                    Ok(delivery) => delivery,
+                    Err(error) => break error,
+                };
                 let info = DeliveryInfo::from(&delivery);
                 let _ = replies.accept(info).await;
                 let message = delivery.into_message();
@@ -138,10 +170,12 @@ impl RawAmqp1Rpc {
                     Some(fe2o3_amqp::types::messaging::MessageId::String(id)) => id,
                     _ => continue,
                 };
-                if let Some(tx) = waiting.lock().remove(&id) {
+                let waiter = waiting.lock().as_mut().and_then(|p| p.remove(&id));
+                if let Some(tx) = waiter {
                     let _ = tx.send(data_of(message.body));
                 }
-            }
+            };
+            fail_calls(&waiting, "reply", &ended);
         });
         Ok(Arc::new(RawAmqp1Rpc {
             requests: tokio::sync::Mutex::new(requests),
@@ -155,7 +189,10 @@ impl RawAmqp1Rpc {
     pub async fn call(&self, body: &[u8]) -> bool {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().insert(id.clone(), tx);
+        match self.pending.lock().as_mut() {
+            Some(pending) => pending.insert(id.clone(), tx),
+            None => return false,
+        };
         let message = Message::builder()
             .properties(
                 Properties::builder()
@@ -200,9 +237,17 @@ impl RawAmqp1Casts {
         let received = Arc::new(AtomicU64::new(0));
         let counter = received.clone();
         let task = tokio::spawn(async move {
-            while let Ok(delivery) = incoming.recv::<Body<Value>>().await {
-                let _ = incoming.accept(&delivery).await;
-                counter.fetch_add(1, Ordering::Relaxed);
+            loop {
+                match next_delivery(&mut incoming).await {
+                    Ok(delivery) => {
+                        let _ = incoming.accept(&delivery).await;
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(error) => {
+                        eprintln!("raw fe2o3-amqp baseline: the cast link failed: {error:#}");
+                        break;
+                    }
+                }
             }
         });
         Ok(Arc::new(RawAmqp1Casts {
