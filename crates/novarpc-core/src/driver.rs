@@ -180,8 +180,16 @@ pub struct CallInfo<'a> {
     pub msg_id: &'a str,
     /// The reply address (already inside the body as `_reply_q`).
     pub reply_to: &'a str,
-    /// What is left of the call's timeout: the request may expire after it.
-    pub remaining: Duration,
+    /// When the call's timeout ends: the request may expire then.
+    pub deadline: tokio::time::Instant,
+}
+
+impl CallInfo<'_> {
+    /// What is left of the call's timeout (zero once it has passed).
+    pub fn remaining(&self) -> Duration {
+        self.deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+    }
 }
 
 /// The driver contract, modelled on oslo.messaging's driver API. Drivers are

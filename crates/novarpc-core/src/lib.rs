@@ -13,6 +13,7 @@
 
 pub mod broker;
 pub mod config;
+mod deadline;
 pub mod dedup;
 pub mod driver;
 pub mod envelope;

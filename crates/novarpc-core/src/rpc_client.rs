@@ -135,7 +135,7 @@ impl RpcClient {
     /// of either ends both.
     pub async fn via(&self, broker: &Broker) -> Result<RpcClient> {
         self.check_open()?;
-        let transport = tokio::time::timeout(self.timeout, self.transport.for_broker(broker))
+        let transport = crate::deadline::within(self.timeout, self.transport.for_broker(broker))
             .await
             .map_err(|_| Error::ConnectTimeout {
                 broker: broker.to_string(),
@@ -243,13 +243,15 @@ impl RpcClient {
             version,
             method,
             context,
-            move || self.call_raw_unobserved(version, context, method, args),
+            move |started| self.call_raw_unobserved(version, context, method, args, started),
         )
     }
 
     /// Runs one request in an `rpc.client` span (kind, method, topic,
     /// server, fanout, namespace, version, trace_id), ends it with a debug
     /// line `request done` (outcome, duration) and records its metrics.
+    /// The request is made from the instant it starts (a call's deadline
+    /// counts from it).
     ///
     /// Not an `async fn`, and given a maker rather than the request's
     /// future: either would keep a second copy of that (large) future in
@@ -261,7 +263,7 @@ impl RpcClient {
         version: Option<Version>,
         method: &'a str,
         context: &Context,
-        request: impl FnOnce() -> F + 'a,
+        request: impl FnOnce(Instant) -> F + 'a,
     ) -> impl std::future::Future<Output = Result<T>> + 'a
     where
         F: std::future::Future<Output = Result<T>> + 'a,
@@ -290,7 +292,7 @@ impl RpcClient {
         async move {
             let _in_flight = metrics.start(Side::Client);
             let started = Instant::now();
-            let result = request().await;
+            let result = request(started).await;
             let elapsed = started.elapsed();
             let outcome = result
                 .as_ref()
@@ -313,13 +315,14 @@ impl RpcClient {
         context: &Context,
         method: &str,
         args: &A,
+        started: Instant,
     ) -> Result<Answer>
     where
         A: Serialize + ?Sized,
     {
-        // The deadline runs from here: connecting, declaring the reply queue
-        // and publishing count against it too.
-        let deadline = Instant::now() + self.timeout;
+        // The deadline runs from the call's start: connecting, declaring the
+        // reply queue and publishing count against it too.
+        let deadline = started + self.timeout;
         let mut receiver = self
             .start_call(version, context, method, args, deadline)
             .await?;
@@ -371,7 +374,7 @@ impl RpcClient {
         A: Serialize + ?Sized,
     {
         let deadline = Instant::now() + self.timeout;
-        let started = || self.start_call(version, context, method, args, deadline);
+        let started = |_| self.start_call(version, context, method, args, deadline);
         let receiver = self
             .observed(
                 Kind::Multicall,
@@ -427,7 +430,7 @@ impl RpcClient {
         let version = version.map(|v| v.text());
         let request = self.request(context, method, args, version.as_ref());
         // Connecting to another broker counts against the call's deadline.
-        let transport = tokio::time::timeout_at(deadline, self.sending_transport())
+        let transport = crate::deadline::within_at(deadline, self.sending_transport())
             .await
             .map_err(|_| Error::Timeout {
                 method: method.to_owned(),
@@ -514,7 +517,7 @@ impl RpcClient {
         method: &'a str,
         args: &'a (impl Serialize + ?Sized),
     ) -> impl std::future::Future<Output = Result<()>> + 'a {
-        self.observed(Kind::Cast, target, version, method, context, move || {
+        self.observed(Kind::Cast, target, version, method, context, move |_| {
             self.send_unobserved(target, version, context, method, args)
         })
     }
@@ -541,7 +544,7 @@ impl RpcClient {
             self.send_on(&transport, target, version, context, method, args)
                 .await
         };
-        match tokio::time::timeout(timeout, send).await {
+        match crate::deadline::within(timeout, send).await {
             Ok(result) => result,
             Err(_) => Err(Error::SendTimeout {
                 operation: if target.fanout { "fanout cast" } else { "cast" },
@@ -681,7 +684,7 @@ impl RpcClient {
         };
         let publisher_id = format!("{}.{host}", self.target.topic);
         let timeout = self.transport.options().send_timeout;
-        let transport = tokio::time::timeout(timeout, self.sending_transport())
+        let transport = crate::deadline::within(timeout, self.sending_transport())
             .await
             .map_err(|_| Error::SendTimeout {
                 operation: "notification",

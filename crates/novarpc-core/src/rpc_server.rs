@@ -601,6 +601,10 @@ async fn serve(
     // Cancelled when the grace period is over: handlers still running then
     // are dropped.
     let abandon = CancellationToken::new();
+    // Made once: a stop future made per request registered and removed a
+    // waiter under the token's lock each time.
+    let stopped = token.cancelled();
+    tokio::pin!(stopped);
     let mut saturated = false;
     loop {
         let permit = match executor.slots.clone().try_acquire_owned() {
@@ -618,49 +622,59 @@ async fn serve(
                 }
                 tokio::select! {
                     biased;
-                    _ = token.cancelled() => break,
+                    _ = &mut stopped => break,
                     permit = executor.slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
                 }
             }
         };
+        // The stop is checked first at every turn (a listener with a backlog
+        // is ready every time), and polled only while waiting: a delivery's
+        // wake-up then costs one poll of the listener alone.
+        if token.is_cancelled() {
+            break;
+        }
         let delivery = tokio::select! {
             biased;
-            _ = token.cancelled() => break,
             delivery = listener.next() => match delivery {
                 Some(delivery) => delivery,
                 None => break,
             },
+            _ = &mut stopped => break,
         };
         let shared = shared.clone();
-        let abandon = abandon.clone();
         let span = request_span(&shared.target);
-        let mut request = Box::pin(
-            async move {
-                let _in_flight = shared.transport.metrics().start(Side::Server);
-                let started = tokio::time::Instant::now();
-                tokio::select! {
-                    _ = process(delivery, &shared) => {}
-                    _ = abandon.cancelled() => {
-                        tracing::Span::current().record("outcome", "abandoned");
-                    }
-                }
-                tracing::debug!(
-                    duration_ms = started.elapsed().as_secs_f64() * 1e3,
-                    "request done"
-                );
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        let recorder = span.clone();
+        // Only the request's own future is boxed (the span stays beside it):
+        // building the span around it first meant moving it once more.
+        let mut request = Box::pin(async move {
+            let _in_flight = shared.transport.metrics().start(Side::Server);
+            let started = std::time::Instant::now();
+            // Dropped with the request if the grace period ends first.
+            let _done = RequestDone(started);
+            process(delivery, &shared, &recorder, started).await;
+            drop(permit);
+        })
+        .instrument(span);
         // A handler that answers without waiting (and a reply the broker
         // takes at once, as the in-process one does) finishes in its first
         // poll: that runs here, and only a request that waits becomes a task
         // of its own (polled on any worker), saving a task per request. A
         // panic there ends that request, never the loop (as it would end
-        // only its task).
-        match futures::poll!(AssertUnwindSafe(request.as_mut()).catch_unwind()) {
+        // only its task). Only such a task can outlast the grace period, so
+        // only it watches for the end of it.
+        match futures::poll!(AssertUnwindSafe(&mut request).catch_unwind()) {
             std::task::Poll::Pending => {
-                in_flight.spawn(request);
+                let abandon = abandon.clone();
+                let span = request.span().clone();
+                in_flight.spawn(async move {
+                    tokio::select! {
+                        biased;
+                        _ = request => {}
+                        _ = abandon.cancelled() => {
+                            span.record("outcome", "abandoned");
+                        }
+                    }
+                });
             }
             std::task::Poll::Ready(Ok(())) => {}
             std::task::Poll::Ready(Err(panic)) => {
@@ -682,8 +696,27 @@ async fn serve(
     stopped
 }
 
-async fn process(delivery: Delivery, shared: &Shared) {
-    let started = std::time::Instant::now();
+/// Logs a request's end when dropped: when it finished, or when the grace
+/// period ended first and it was abandoned.
+struct RequestDone(std::time::Instant);
+
+impl Drop for RequestDone {
+    fn drop(&mut self) {
+        tracing::debug!(
+            duration_ms = self.0.elapsed().as_secs_f64() * 1e3,
+            "request done"
+        );
+    }
+}
+
+/// Handles one request in `span` (its fields recorded as they are known),
+/// received at `started`.
+async fn process(
+    delivery: Delivery,
+    shared: &Shared,
+    span: &tracing::Span,
+    started: std::time::Instant,
+) {
     let mut request = match envelope::decode_request(&delivery.body) {
         Ok(request) => request,
         Err(error) => {
@@ -699,7 +732,7 @@ async fn process(delivery: Delivery, shared: &Shared) {
             return;
         }
     }
-    record_request(&request);
+    record_request(span, &request);
     let context = request.take_context();
     let request = &request;
     let reply_to = request.msg_id().zip(request.reply_q());
@@ -707,7 +740,7 @@ async fn process(delivery: Delivery, shared: &Shared) {
         Ok(handler) => {
             let call = AssertUnwindSafe(handler(context, request.args())).catch_unwind();
             let outcome = match shared.handler_timeout {
-                Some(limit) => tokio::time::timeout(limit, call)
+                Some(limit) => crate::deadline::within(limit, call)
                     .await
                     .map_err(|_| handler_timed_out(request.method(), limit)),
                 None => Ok(call.await),
@@ -754,22 +787,23 @@ async fn process(delivery: Delivery, shared: &Shared) {
         started,
         failed: matches!(response, Response::Single(Err(_))),
     };
-    let span = tracing::Span::current();
-    match &response {
-        Response::Single(Ok(_)) => {
-            span.record("outcome", "ok");
+    // A disabled span would still look its field up by name.
+    let outcome = |outcome: &str| {
+        if !span.is_disabled() {
+            span.record("outcome", outcome);
         }
+    };
+    match &response {
+        Response::Single(Ok(_)) => outcome("ok"),
         Response::Single(Err(failure)) => {
-            span.record("outcome", failure.class.as_str());
+            outcome(failure.class.as_str());
             // Once per failed call, as oslo logs every dispatch exception
             // (casts are logged below).
             if reply_to.is_some() {
                 tracing::warn!(%method, %failure, "call failed");
             }
         }
-        Response::Stream(_) => {
-            span.record("outcome", "stream");
-        }
+        Response::Stream(_) => outcome("stream"),
     }
     let Some((msg_id, reply_q)) = reply_to else {
         match response {
@@ -900,8 +934,7 @@ fn request_span(target: &Target) -> tracing::Span {
     )
 }
 
-fn record_request(request: &IncomingRequest) {
-    let span = tracing::Span::current();
+fn record_request(span: &tracing::Span, request: &IncomingRequest) {
     if span.is_disabled() {
         return;
     }

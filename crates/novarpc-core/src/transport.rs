@@ -287,7 +287,7 @@ impl Transport {
         send: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
         let timeout = self.options().send_timeout;
-        match tokio::time::timeout(timeout, send).await {
+        match crate::deadline::within(timeout, send).await {
             Ok(result) => self.closed_or(result),
             Err(_) => Err(Error::SendTimeout {
                 operation,
@@ -347,7 +347,7 @@ impl Transport {
             let call = CallInfo {
                 msg_id: receiver.msg_id(),
                 reply_to,
-                remaining: deadline.saturating_duration_since(Instant::now()),
+                deadline,
             };
             let outgoing = OutgoingRequest {
                 body,
@@ -356,7 +356,7 @@ impl Transport {
             driver.send_call(target, outgoing, call).await?;
             Ok(receiver)
         };
-        match tokio::time::timeout_at(deadline, send).await {
+        match crate::deadline::within_at(deadline, send).await {
             Ok(result) => self.closed_or(result),
             Err(_) => Err(Error::Timeout {
                 method: request.method.to_owned(),
@@ -370,7 +370,7 @@ impl Transport {
     pub(crate) async fn send_reply(&self, reply_to: &str, msg_id: &str, body: Bytes) -> Result<()> {
         self.check_open()?;
         let timeout = self.options().send_timeout;
-        match tokio::time::timeout(
+        match crate::deadline::within(
             timeout,
             self.inner.driver.send_reply(reply_to, msg_id, body),
         )

@@ -492,8 +492,8 @@ impl Driver for KombuDriver {
         let _slot = self.publish_slot().await;
         let routing_key = target.routing_key();
         let exchange = Exchange::Topic(self.control_exchange(target).to_owned());
-        let expiration = call.remaining.as_millis().max(1).to_string();
-        let give_up_at = Instant::now() + call.remaining;
+        let expiration = call.remaining().as_millis().max(1).to_string();
+        let give_up_at = call.deadline.into_std();
         Box::pin(self.publish(Publish {
             exchange: &exchange,
             routing_key: &routing_key,

@@ -482,12 +482,12 @@ impl Driver for QpidDriver {
             node: &node,
             durable_node: true,
             // The broker drops a request nobody took before the caller gave up.
-            message: message(request.body, props, false, Some(call.remaining)),
+            message: message(request.body, props, false, Some(call.remaining())),
             // Pre-settled: the reply is the confirmation, and a lost request
             // ends in a timeout (unsettled measured 5-10 % slower).
             settlement: Settlement::PreSettled,
             policy: self.shared.options.retry_policy(),
-            give_up_at: Some(Instant::now() + call.remaining),
+            give_up_at: Some(call.deadline.into_std()),
             fanout: false,
         }))
         .await
