@@ -334,16 +334,18 @@ impl Transport {
                     self.inner.reply_address.get_or_init(|| address.into())
                 }
             };
-            let mut id = [0u8; 32];
-            let msg_id = envelope::unique_id_buf(&mut id);
-            let body = encode_request(
-                request,
-                Some(CallHeader {
+            // Scoped, so that the id's buffer is not kept in the future's
+            // state across the send (the receiver holds the id).
+            let (body, receiver) = {
+                let mut id = [0u8; 32];
+                let msg_id = envelope::unique_id_buf(&mut id);
+                let header = CallHeader {
                     msg_id,
                     reply_q: reply_to,
-                }),
-            )?;
-            let receiver = driver.replies().register(msg_id);
+                };
+                let body = encode_request(request, Some(header))?;
+                (body, driver.replies().register(msg_id))
+            };
             let call = CallInfo {
                 msg_id: receiver.msg_id(),
                 reply_to,
