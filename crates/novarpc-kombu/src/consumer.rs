@@ -107,6 +107,13 @@ impl ConsumerSet {
     }
 
     /// The next delivery; reconnects as long as it takes. `None` once shut down.
+    /// The next delivery, with the channel it came on (to settle it on).
+    pub(crate) async fn next_on_channel(&mut self) -> Option<(lapin::message::Delivery, Channel)> {
+        let delivery = self.next().await?;
+        let channel = self.active.as_ref()?.channel.clone();
+        Some((delivery, channel))
+    }
+
     pub(crate) async fn next(&mut self) -> Option<lapin::message::Delivery> {
         let mut delays = self
             .options
@@ -194,7 +201,16 @@ impl ConsumerSet {
     }
 }
 
-struct LapinAcknowledge(lapin::Acker);
+/// Settles a delivery on the channel it came from. Sent on that channel
+/// directly: lapin's `Acker` passes each acknowledgement to its internal
+/// task, which spawns a task to send it (~5,000 instructions and two
+/// hand-offs per request). The channel is never reused after a reconnect
+/// (novarpc opens a new one), so a delivery tag never reaches the wrong one;
+/// on a closed channel the send fails, and the broker requeues the message.
+struct LapinAcknowledge {
+    channel: Channel,
+    delivery_tag: u64,
+}
 
 #[async_trait]
 impl Acknowledge for LapinAcknowledge {
@@ -204,14 +220,17 @@ impl Acknowledge for LapinAcknowledge {
         // every request back by a round trip through lapin's I/O thread. An
         // acknowledgement that is lost with its channel means a redelivery,
         // which servers drop by its `_unique_id`, as when one fails here.
-        let ack = self.0.ack(BasicAckOptions::default());
+        let ack = self
+            .channel
+            .basic_ack(self.delivery_tag, BasicAckOptions::default());
         if let Some(Err(error)) = futures::FutureExt::now_or_never(ack) {
             tracing::warn!(%error, "cannot acknowledge a message (it will be redelivered)");
         }
     }
 
     async fn reject(self: Box<Self>) {
-        if let Err(error) = self.0.reject(BasicRejectOptions { requeue: false }).await {
+        let options = BasicRejectOptions { requeue: false };
+        if let Err(error) = self.channel.basic_reject(self.delivery_tag, options).await {
             tracing::warn!(%error, "cannot reject a message");
         }
     }
@@ -225,11 +244,14 @@ pub(crate) struct KombuListener {
 #[async_trait]
 impl Listener for KombuListener {
     async fn next(&mut self) -> Option<Delivery> {
-        let delivery = self.consumers.next().await?;
+        let (delivery, channel) = self.consumers.next_on_channel().await?;
         let body = Bytes::from(delivery.data);
         Some(Delivery::with_acknowledge(
             body,
-            Box::new(LapinAcknowledge(delivery.acker)),
+            Box::new(LapinAcknowledge {
+                channel,
+                delivery_tag: delivery.delivery_tag,
+            }),
         ))
     }
 
