@@ -72,14 +72,15 @@ where
     Fut: Future<Output = Result<T, E>>,
     OnError: FnMut(&E, u32) -> bool,
 {
-    let mut delays = policy.delays();
+    // Made at the first failure: most operations succeed at once.
+    let mut delays = None;
     let mut attempt = 1;
     loop {
         match operation(attempt).await {
             Ok(value) => return Ok(value),
             Err(error) => {
                 let retry = on_error(&error, attempt);
-                match delays.next() {
+                match delays.get_or_insert_with(|| policy.delays()).next() {
                     Some(delay) if retry => {
                         tokio::time::sleep(delay).await;
                         attempt += 1;

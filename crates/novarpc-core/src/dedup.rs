@@ -18,8 +18,26 @@ pub struct DedupCache {
 
 #[derive(Debug, Default)]
 struct DedupState {
-    seen: HashSet<String>,
-    order: VecDeque<(Instant, String)>,
+    seen: HashSet<Id, foldhash::fast::RandomState>,
+    order: VecDeque<(Instant, Id)>,
+}
+
+/// An id as the cache keeps it: oslo's and novarpc's (32 hex digits)
+/// inline, so that checking a request allocates nothing; any other id as
+/// itself. Hashed with a randomly seeded hasher, as senders choose the ids.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Id {
+    Hex([u8; 32]),
+    Other(Box<str>),
+}
+
+impl Id {
+    fn of(id: &str) -> Id {
+        match id.as_bytes().try_into() {
+            Ok(bytes) => Id::Hex(bytes),
+            Err(_) => Id::Other(id.into()),
+        }
+    }
 }
 
 impl DedupCache {
@@ -44,11 +62,11 @@ impl DedupCache {
             let (_, old) = state.order.pop_front().expect("front exists");
             state.seen.remove(&old);
         }
-        if state.seen.contains(id) {
+        let id = Id::of(id);
+        if !state.seen.insert(id.clone()) {
             return true;
         }
-        state.seen.insert(id.to_owned());
-        state.order.push_back((now, id.to_owned()));
+        state.order.push_back((now, id));
         false
     }
 

@@ -32,6 +32,8 @@ struct Declared {
 struct Shared {
     common: CommonOptions,
     options: KombuOptions,
+    /// `options`' retry policy, computed once (not per publish).
+    retry: RetryPolicy,
     broker: Arc<Broker>,
     /// Channels in confirm mode, for publishes that wait for the broker.
     publishers: Pool<ChannelManager>,
@@ -152,6 +154,7 @@ impl KombuDriver {
             shared: Arc::new(Shared {
                 common,
                 publish_slots: tokio::sync::Semaphore::new(options.channel_pool_size * 32),
+                retry: options.retry_policy(),
                 options,
                 broker,
                 publishers,
@@ -348,7 +351,7 @@ impl KombuDriver {
     }
 
     fn cast_policy(&self) -> RetryPolicy {
-        self.shared.options.retry_policy()
+        self.shared.retry
     }
 
     /// The per-process reply queue, declared and consumed on first use.

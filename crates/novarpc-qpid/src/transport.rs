@@ -27,6 +27,8 @@ const OUTCOME_WAIT: Duration = Duration::from_secs(15);
 struct Shared {
     common: CommonOptions,
     options: QpidOptions,
+    /// `options`' retry policy, computed once (not per send).
+    retry: RetryPolicy,
     addressing: Addressing,
     /// The connection senders use; listeners have their own, so a send
     /// failure that replaces this one does not disturb them.
@@ -136,6 +138,7 @@ impl QpidDriver {
         Ok(QpidDriver {
             shared: Arc::new(Shared {
                 addressing: options.addressing(),
+                retry: options.retry_policy(),
                 common,
                 send_slots: tokio::sync::Semaphore::new(256),
                 options,
@@ -458,7 +461,7 @@ impl Driver for QpidDriver {
             durable_node,
             message: message(request.body, props, true, None),
             settlement: self.cast_settlement(),
-            policy: self.shared.options.retry_policy(),
+            policy: self.shared.retry,
             give_up_at: None,
             fanout: target.fanout,
         }))
@@ -486,7 +489,7 @@ impl Driver for QpidDriver {
             // Pre-settled: the reply is the confirmation, and a lost request
             // ends in a timeout (unsettled measured 5-10 % slower).
             settlement: Settlement::PreSettled,
-            policy: self.shared.options.retry_policy(),
+            policy: self.shared.retry,
             give_up_at: Some(call.deadline.into_std()),
             fanout: false,
         }))
@@ -515,7 +518,7 @@ impl Driver for QpidDriver {
             durable_node: false,
             message: message(body, props.build(), false, None),
             settlement: Settlement::Confirmed,
-            policy: self.shared.options.retry_policy(),
+            policy: self.shared.retry,
             give_up_at: None,
             fanout: false,
         }))
@@ -544,7 +547,7 @@ impl Driver for QpidDriver {
             durable_node: true,
             message: message(body, props, true, None),
             settlement: self.cast_settlement(),
-            policy: self.shared.options.retry_policy(),
+            policy: self.shared.retry,
             give_up_at: None,
             fanout: false,
         }))
