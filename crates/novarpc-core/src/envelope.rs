@@ -1020,6 +1020,43 @@ impl<'a> Scan<'a> {
         Some(Some(StrRef(self.string()?.into())))
     }
 
+    /// `true` or `false`.
+    fn boolean(&mut self) -> Option<bool> {
+        self.peek()?;
+        let rest = &self.text.as_bytes()[self.at..];
+        let (value, len) = if rest.starts_with(b"true") {
+            (true, 4)
+        } else if rest.starts_with(b"false") {
+            (false, 5)
+        } else {
+            return None;
+        };
+        self.at += len;
+        Some(value)
+    }
+
+    /// `null`, or an integer of digits alone (no sign, fraction or
+    /// exponent, no leading zero) that fits a `u64`.
+    fn optional_integer(&mut self) -> Option<Option<u64>> {
+        if self.peek()? == b'n' {
+            let rest = &self.text.as_bytes()[self.at..];
+            if !rest.starts_with(b"null") {
+                return None;
+            }
+            self.at += 4;
+            return Some(None);
+        }
+        let rest = &self.text.as_bytes()[self.at..];
+        let len = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        let follows = rest.get(len).copied();
+        if len == 0 || (len > 1 && rest[0] == b'0') || matches!(follows, Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        let value = self.text[self.at..self.at + len].parse().ok()?;
+        self.at += len;
+        Some(Some(value))
+    }
+
     /// Any JSON value, as serde_json reads it, left as its text.
     fn raw(&mut self) -> Option<&'a RawValue> {
         let rest = &self.text[self.at..];
@@ -1258,7 +1295,21 @@ pub fn decode_reply(body: &[u8]) -> Result<Reply, Error> {
         seq: Option<u64>,
     }
     let text = unwrap(body)?.into_text("reply")?;
-    let wire: Wire<'_> = parse_text(&text, "reply")?;
+    let fast = if cfg!(feature = "envelope-fast-path") {
+        parse_reply_fast(&text)
+    } else {
+        None
+    };
+    let wire: Wire<'_> = match fast {
+        Some(parts) => Wire {
+            msg_id: parts.msg_id,
+            result: parts.result,
+            failure: parts.failure,
+            ending: parts.ending,
+            seq: parts.seq,
+        },
+        None => parse_text(&text, "reply")?,
+    };
     let msg_id = Field::of(&text, wire.msg_id);
     let result = wire.result.map(|value| Field::within(&text, value.get()));
     let failure = wire.failure.map(|failure| Field::of(&text, failure));
@@ -1270,6 +1321,64 @@ pub fn decode_reply(body: &[u8]) -> Result<Reply, Error> {
         failure,
         ending,
         seq,
+    })
+}
+
+/// A reply's parts, as [`parse_reply_fast`] reads them.
+struct ReplyParts<'a> {
+    msg_id: StrRef<'a>,
+    result: Option<&'a RawValue>,
+    failure: Option<StrRef<'a>>,
+    ending: bool,
+    seq: Option<u64>,
+}
+
+/// The fast path of a reply's parsing, as [`parse_request_fast`] is for
+/// requests: keys and strings without escapes, `ending` a boolean, `_seq`
+/// `null` or a plain integer, other values read by serde_json as raw JSON.
+/// `None` for anything else, a repeated key included (serde rejects one).
+fn parse_reply_fast(text: &str) -> Option<ReplyParts<'_>> {
+    let mut scan = Scan { text, at: 0 };
+    let (mut msg_id, mut result, mut failure, mut ending, mut seq) = (None, None, None, None, None);
+    // Set once per key: a second one is left to serde, which rejects it.
+    fn once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
+        slot.replace(value).is_none().then_some(())
+    }
+    scan.expect(b'{')?;
+    if scan.peek()? == b'}' {
+        return None;
+    }
+    loop {
+        let key = scan.string()?;
+        scan.expect(b':')?;
+        match key {
+            "_msg_id" => once(&mut msg_id, scan.string()?)?,
+            "result" => {
+                let raw = scan.raw()?;
+                once(&mut result, (raw.get() != "null").then_some(raw))?;
+            }
+            "failure" => once(&mut failure, scan.optional_string()?)?,
+            "ending" => once(&mut ending, scan.boolean()?)?,
+            "_seq" => once(&mut seq, scan.optional_integer()?)?,
+            _ => {
+                scan.raw()?;
+            }
+        }
+        match scan.next_byte()? {
+            b',' => continue,
+            b'}' => break,
+            _ => return None,
+        }
+    }
+    if scan.peek().is_some() {
+        return None;
+    }
+    Some(ReplyParts {
+        msg_id: StrRef(msg_id?.into()),
+        result: result.flatten(),
+        failure: failure.flatten(),
+        ending: ending.unwrap_or(false),
+        seq: seq.flatten(),
     })
 }
 
@@ -1782,6 +1891,68 @@ mod tests {
                     let slow: RequestParts<'_> = serde_json::from_str(&text)
                         .expect("serde_json accepts what the fast path accepts");
                     prop_assert_eq!(request_summary(&fast), request_summary(&slow));
+                }
+            }
+
+            #[test]
+            fn reply_parsing_fast_path_agrees_with_serde_json(
+                value in json_value(),
+                seq in proptest::option::of(any::<u64>()),
+                stream in any::<bool>(),
+                failure in any::<bool>(),
+                layout in 0..3u8,
+                damage in proptest::option::of((any::<proptest::sample::Index>(), any::<u8>(), 0..3u8)),
+            ) {
+                let raw = serde_json::value::to_raw_value(&value).unwrap();
+                let failed = RemoteFailure::new("Boom", "mod", "it failed");
+                let body = match (failure, stream, seq) {
+                    (true, _, _) => ReplyBody::Failure(&failed),
+                    (_, true, Some(seq)) => ReplyBody::StreamItem { seq, value: &raw },
+                    (_, true, None) => ReplyBody::End { count: 3 },
+                    _ => ReplyBody::Result(&raw),
+                };
+                let written = unwrap_fast(&encode_reply("0123abc", body)).unwrap();
+                let mut text = match layout {
+                    0 => written,
+                    1 => serde_json::to_string_pretty(&serde_json::from_str::<Value>(&written).unwrap()).unwrap(),
+                    _ => written.replacen(",\"", ", \"", 3).replacen("\":", "\": ", 3),
+                };
+                if let Some((at, byte, how)) = damage {
+                    let mut bytes = text.into_bytes();
+                    let at = at.index(bytes.len() + 1);
+                    match how {
+                        0 => bytes.truncate(at),
+                        1 if at < bytes.len() => bytes[at] = byte,
+                        _ => bytes.insert(at, byte),
+                    }
+                    let Ok(damaged) = String::from_utf8(bytes) else { return Ok(()) };
+                    text = damaged;
+                }
+                let fast = parse_reply_fast(&text);
+                if damage.is_none() && !failure {
+                    prop_assert!(fast.is_some(), "{}", text);
+                }
+                if let Some(fast) = fast {
+                    #[derive(Deserialize)]
+                    struct Wire<'a> {
+                        #[serde(rename = "_msg_id", borrow)]
+                        msg_id: StrRef<'a>,
+                        #[serde(default, borrow)]
+                        result: Option<&'a RawValue>,
+                        #[serde(default, borrow)]
+                        failure: Option<StrRef<'a>>,
+                        #[serde(default)]
+                        ending: bool,
+                        #[serde(rename = "_seq", default)]
+                        seq: Option<u64>,
+                    }
+                    let slow: Wire<'_> = serde_json::from_str(&text)
+                        .expect("serde_json accepts what the fast path accepts");
+                    prop_assert_eq!(fast.msg_id.0, slow.msg_id.0);
+                    prop_assert_eq!(fast.result.map(RawValue::get), slow.result.map(RawValue::get));
+                    prop_assert_eq!(fast.failure.map(|f| f.0), slow.failure.map(|f| f.0));
+                    prop_assert_eq!(fast.ending, slow.ending);
+                    prop_assert_eq!(fast.seq, slow.seq);
                 }
             }
 
