@@ -740,9 +740,12 @@ async fn process(
         Ok(handler) => {
             let call = AssertUnwindSafe(handler(context, request.args())).catch_unwind();
             let outcome = match shared.handler_timeout {
-                Some(limit) => crate::deadline::within(limit, call)
-                    .await
-                    .map_err(|_| handler_timed_out(request.method(), limit)),
+                // From the handler's start, its first poll included.
+                Some(limit) => {
+                    crate::deadline::within_at(tokio::time::Instant::now() + limit, call)
+                        .await
+                        .map_err(|_| handler_timed_out(request.method(), limit))
+                }
                 None => Ok(call.await),
             };
             match outcome {
