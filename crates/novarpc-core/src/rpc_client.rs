@@ -197,15 +197,27 @@ impl RpcClient {
     }
 
     /// Invokes `method` and waits for its result, deserialized into `R`.
-    pub async fn call<R, A>(&self, context: &Context, method: &str, args: &A) -> Result<R>
+    ///
+    /// (An `async fn` in all but name: written out, its future keeps
+    /// neither its arguments nor a second copy of the call's, for each
+    /// call in flight.)
+    #[allow(clippy::manual_async_fn)]
+    pub fn call<'a, R, A>(
+        &'a self,
+        context: &'a Context,
+        method: &'a str,
+        args: &'a A,
+    ) -> impl std::future::Future<Output = Result<R>> + 'a
     where
-        R: DeserializeOwned,
+        R: DeserializeOwned + 'a,
         A: Serialize + ?Sized,
     {
-        let answer = self
-            .call_answer_as(self.target.version, context, method, args)
-            .await?;
-        serde_json::from_str(answer.json()).map_err(Error::Serialization)
+        // A combinator: an async block would hold the call's future twice,
+        // as what it captured and as what it awaits.
+        futures::FutureExt::map(
+            self.call_answer_as(self.target.version, context, method, args),
+            |answer| serde_json::from_str(answer?.json()).map_err(Error::Serialization),
+        )
     }
 
     /// Like [`RpcClient::call`], returning the result's JSON text.
@@ -255,17 +267,19 @@ impl RpcClient {
     ///
     /// Not an `async fn`, and given a maker rather than the request's
     /// future: either would keep a second copy of that (large) future in
-    /// this one's state, a kilobyte more for every call in flight.
-    fn observed<'a, T, F>(
+    /// this one's state, a kilobyte more for every call in flight. The maker
+    /// and the future it makes share their place in [`Observed`].
+    fn observed<'a, T, M, F>(
         &'a self,
         kind: Kind,
         target: &Target,
         version: Option<Version>,
         method: &'a str,
         context: &Context,
-        request: impl FnOnce(Instant) -> F + 'a,
-    ) -> impl std::future::Future<Output = Result<T>> + 'a
+        request: M,
+    ) -> tracing::instrument::Instrumented<Observed<'a, M, F>>
     where
+        M: FnOnce(Instant) -> F + 'a,
         F: std::future::Future<Output = Result<T>> + 'a,
     {
         let span = tracing::debug_span!(
@@ -288,60 +302,57 @@ impl RpcClient {
                 span.record("trace_id", trace_id);
             }
         }
-        let metrics = self.transport.metrics();
-        async move {
-            let _in_flight = metrics.start(Side::Client);
-            let started = Instant::now();
-            let result = request(started).await;
-            let elapsed = started.elapsed();
-            let outcome = result
-                .as_ref()
-                .err()
-                .map(|e| metrics.client_error(e.kind()));
-            metrics.finish(Side::Client, kind, method, elapsed, outcome);
-            tracing::debug!(
-                outcome = outcome.unwrap_or("ok"),
-                duration_ms = elapsed.as_secs_f64() * 1e3,
-                "request done"
-            );
-            result
+        Observed {
+            stage: Stage::Made {
+                maker: Some(request),
+            },
+            metrics: self.transport.metrics(),
+            kind,
+            method,
+            started: None,
         }
         .instrument(span)
     }
 
-    async fn call_raw_unobserved<A>(
-        &self,
+    // Not `async fn`s (this one, `start_call`, `next_reply`): an async fn
+    // keeps its arguments twice in its state, and these nest in every call
+    // in flight.
+    #[allow(clippy::manual_async_fn)]
+    fn call_raw_unobserved<'a, A>(
+        &'a self,
         version: Option<Version>,
-        context: &Context,
-        method: &str,
-        args: &A,
+        context: &'a Context,
+        method: &'a str,
+        args: &'a A,
         started: Instant,
-    ) -> Result<Answer>
+    ) -> impl std::future::Future<Output = Result<Answer>> + 'a
     where
         A: Serialize + ?Sized,
     {
-        // The deadline runs from the call's start: connecting, declaring the
-        // reply queue and publishing count against it too.
-        let deadline = started + self.timeout;
-        let mut receiver = self
-            .start_call(version, context, method, args, deadline)
-            .await?;
-        // A streaming endpoint answers a plain call with its last element, as
-        // Nova's call did over multicall.
-        let mut last_item = None;
-        loop {
-            let reply = self.next_reply(&mut receiver, deadline, method).await?;
-            if let Some(failure) = reply.failure() {
-                return Err(self.remote_error(failure, method, version));
+        async move {
+            // The deadline runs from the call's start: connecting, declaring
+            // the reply queue and publishing count against it too.
+            let deadline = started + self.timeout;
+            let mut receiver = self
+                .start_call(version, context, method, args, deadline)
+                .await?;
+            // A streaming endpoint answers a plain call with its last
+            // element, as Nova's call did over multicall.
+            let mut last_item = None;
+            loop {
+                let reply = self.next_reply(&mut receiver, deadline, method).await?;
+                if let Some(failure) = reply.failure() {
+                    return Err(self.remote_error(failure, method, version));
+                }
+                if reply.ending() {
+                    return Ok(match reply.seq() {
+                        // The end of a stream: its last element is the result.
+                        Some(_) => last_item.unwrap_or(Answer(None)),
+                        None => last_item.unwrap_or(Answer(Some(reply))),
+                    });
+                }
+                last_item = Some(Answer(Some(reply)));
             }
-            if reply.ending() {
-                return Ok(match reply.seq() {
-                    // The end of a stream: its last element is the result.
-                    Some(_) => last_item.unwrap_or(Answer(None)),
-                    None => last_item.unwrap_or(Answer(Some(reply))),
-                });
-            }
-            last_item = Some(Answer(Some(reply)));
         }
     }
 
@@ -411,55 +422,67 @@ impl RpcClient {
         })
     }
 
-    async fn start_call<A>(
-        &self,
+    #[allow(clippy::manual_async_fn)] // see call_raw_unobserved
+    fn start_call<'a, A>(
+        &'a self,
         version: Option<Version>,
-        context: &Context,
-        method: &str,
-        args: &A,
+        context: &'a Context,
+        method: &'a str,
+        args: &'a A,
         deadline: Instant,
-    ) -> Result<ReplyReceiver>
+    ) -> impl std::future::Future<Output = Result<ReplyReceiver>> + 'a
     where
         A: Serialize + ?Sized,
     {
-        self.check_open()?;
-        if self.target.fanout {
-            return Err(Error::InvalidTarget("a call cannot be a fanout".into()));
+        async move {
+            self.check_open()?;
+            if self.target.fanout {
+                return Err(Error::InvalidTarget("a call cannot be a fanout".into()));
+            }
+            self.check_target(&self.target, version)?;
+            let version = version.map(|v| v.text());
+            let request = self.request(context, method, args, version.as_ref());
+            let Some(broker) = &self.broker else {
+                return self
+                    .transport
+                    .start_call(&self.target, &request, deadline, self.timeout)
+                    .await;
+            };
+            // Connecting to another broker counts against the call's deadline.
+            let transport = crate::deadline::within_at(deadline, self.transport.for_broker(broker))
+                .await
+                .map_err(|_| Error::Timeout {
+                    method: method.to_owned(),
+                    topic: self.target.to_string(),
+                    timeout: self.timeout,
+                })??;
+            transport
+                .start_call(&self.target, &request, deadline, self.timeout)
+                .await
         }
-        self.check_target(&self.target, version)?;
-        let version = version.map(|v| v.text());
-        let request = self.request(context, method, args, version.as_ref());
-        // Connecting to another broker counts against the call's deadline.
-        let transport = crate::deadline::within_at(deadline, self.sending_transport())
-            .await
-            .map_err(|_| Error::Timeout {
-                method: method.to_owned(),
-                topic: self.target.to_string(),
-                timeout: self.timeout,
-            })??;
-        transport
-            .start_call(&self.target, &request, deadline, self.timeout)
-            .await
     }
 
-    async fn next_reply(
-        &self,
-        receiver: &mut ReplyReceiver,
+    #[allow(clippy::manual_async_fn)] // see call_raw_unobserved
+    fn next_reply<'a>(
+        &'a self,
+        receiver: &'a mut ReplyReceiver,
         deadline: Instant,
-        method: &str,
-    ) -> Result<Reply> {
-        loop {
-            match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                Err(_) => {
-                    return Err(Error::Timeout {
-                        method: method.to_owned(),
-                        topic: self.target.to_string(),
-                        timeout: self.timeout,
-                    })
+        method: &'a str,
+    ) -> impl std::future::Future<Output = Result<Reply>> + 'a {
+        async move {
+            loop {
+                match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                    Err(_) => {
+                        return Err(Error::Timeout {
+                            method: method.to_owned(),
+                            topic: self.target.to_string(),
+                            timeout: self.timeout,
+                        })
+                    }
+                    Ok(None) => return Err(Error::Closed),
+                    Ok(Some(reply)) if reply.is_heartbeat() => continue,
+                    Ok(Some(reply)) => return Ok(reply),
                 }
-                Ok(None) => return Err(Error::Closed),
-                Ok(Some(reply)) if reply.is_heartbeat() => continue,
-                Ok(Some(reply)) => return Ok(reply),
             }
         }
     }
@@ -796,5 +819,70 @@ impl Answer {
     /// The answer as a raw value of its own.
     fn into_raw(self) -> Box<RawValue> {
         RawValue::from_string(self.json().to_owned()).expect("a reply's result is JSON")
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A client request with its metrics and `request done` line (see
+    /// [`RpcClient::observed`]).
+    pub(crate) struct Observed<'a, M, F> {
+        #[pin]
+        stage: Stage<M, F>,
+        metrics: &'a crate::metrics::Metrics,
+        kind: Kind,
+        method: &'a str,
+        started: Option<(Instant, crate::metrics::InFlight<'a>)>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The maker of a request's future until the first poll, then the
+    /// future, in the same place.
+    #[project = StageProj]
+    enum Stage<M, F> {
+        Made { maker: Option<M> },
+        Running { #[pin] request: F },
+    }
+}
+
+impl<T, M, F> std::future::Future for Observed<'_, M, F>
+where
+    M: FnOnce(Instant) -> F,
+    F: std::future::Future<Output = Result<T>>,
+{
+    type Output = Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<T>> {
+        let mut this = self.project();
+        if let StageProj::Made { maker } = this.stage.as_mut().project() {
+            let maker = maker
+                .take()
+                .expect("Observed polled after it made its request");
+            let started = Instant::now();
+            *this.started = Some((started, this.metrics.start(Side::Client)));
+            this.stage.set(Stage::Running {
+                request: maker(started),
+            });
+        }
+        let StageProj::Running { request } = this.stage.project() else {
+            unreachable!("a request's future is made at its first poll");
+        };
+        let result = std::task::ready!(request.poll(cx));
+        // Taken, so that the in-flight gauge drops now.
+        if let Some((started, _in_flight)) = this.started.take() {
+            let elapsed = started.elapsed();
+            let metrics = *this.metrics;
+            let outcome = result
+                .as_ref()
+                .err()
+                .map(|e| metrics.client_error(e.kind()));
+            metrics.finish(Side::Client, *this.kind, this.method, elapsed, outcome);
+            tracing::debug!(
+                outcome = outcome.unwrap_or("ok"),
+                duration_ms = elapsed.as_secs_f64() * 1e3,
+                "request done"
+            );
+        }
+        Poll::Ready(result)
     }
 }

@@ -317,54 +317,60 @@ impl Transport {
     /// Encodes and sends a call's request, returning the receiver of its
     /// replies. Everything (connecting, declaring the reply queue, sending)
     /// happens before `deadline`, or the call times out.
-    pub(crate) async fn start_call<A: Serialize + ?Sized>(
-        &self,
-        target: &Target,
-        request: &TypedRequest<'_, A>,
+    ///
+    /// Not an `async fn`: it would keep its arguments twice in its state,
+    /// which every call in flight holds.
+    #[allow(clippy::manual_async_fn)]
+    pub(crate) fn start_call<'a, A: Serialize + ?Sized>(
+        &'a self,
+        target: &'a Target,
+        request: &'a TypedRequest<'a, A>,
         deadline: Instant,
         timeout: Duration,
-    ) -> Result<ReplyReceiver> {
-        self.require(self.capabilities().call, "call")?;
-        let driver = &self.inner.driver;
-        let send = async {
-            let reply_to = match self.inner.reply_address.get() {
-                Some(address) => address,
-                None => {
-                    let address = driver.reply_address().await?;
-                    self.inner.reply_address.get_or_init(|| address.into())
-                }
-            };
-            // Scoped, so that the id's buffer is not kept in the future's
-            // state across the send (the receiver holds the id).
-            let (body, receiver) = {
-                let mut id = [0u8; 32];
-                let msg_id = envelope::unique_id_buf(&mut id);
-                let header = CallHeader {
-                    msg_id,
-                    reply_q: reply_to,
+    ) -> impl std::future::Future<Output = Result<ReplyReceiver>> + 'a {
+        async move {
+            self.require(self.capabilities().call, "call")?;
+            let driver = &self.inner.driver;
+            let send = async {
+                let reply_to = match self.inner.reply_address.get() {
+                    Some(address) => address,
+                    None => {
+                        let address = driver.reply_address().await?;
+                        self.inner.reply_address.get_or_init(|| address.into())
+                    }
                 };
-                let body = encode_request(request, Some(header))?;
-                (body, driver.replies().register(msg_id))
+                // Scoped, so that the id's buffer is not kept in the future's
+                // state across the send (the receiver holds the id).
+                let (body, receiver) = {
+                    let mut id = [0u8; 32];
+                    let msg_id = envelope::unique_id_buf(&mut id);
+                    let header = CallHeader {
+                        msg_id,
+                        reply_q: reply_to,
+                    };
+                    let body = encode_request(request, Some(header))?;
+                    (body, driver.replies().register(msg_id))
+                };
+                let call = CallInfo {
+                    msg_id: receiver.msg_id(),
+                    reply_to,
+                    deadline,
+                };
+                let outgoing = OutgoingRequest {
+                    body,
+                    method: request.method,
+                };
+                driver.send_call(target, outgoing, call).await?;
+                Ok(receiver)
             };
-            let call = CallInfo {
-                msg_id: receiver.msg_id(),
-                reply_to,
-                deadline,
-            };
-            let outgoing = OutgoingRequest {
-                body,
-                method: request.method,
-            };
-            driver.send_call(target, outgoing, call).await?;
-            Ok(receiver)
-        };
-        match crate::deadline::within_at(deadline, send).await {
-            Ok(result) => self.closed_or(result),
-            Err(_) => Err(Error::Timeout {
-                method: request.method.to_owned(),
-                topic: target.to_string(),
-                timeout,
-            }),
+            match crate::deadline::within_at(deadline, send).await {
+                Ok(result) => self.closed_or(result),
+                Err(_) => Err(Error::Timeout {
+                    method: request.method.to_owned(),
+                    topic: target.to_string(),
+                    timeout,
+                }),
+            }
         }
     }
 

@@ -46,6 +46,10 @@ pub(crate) fn broker_hosts(url: Option<&TransportUrl>, options: &KombuOptions) -
         .and_then(|u| u.query_value("heartbeat"))
         .and_then(|h| h.parse().ok())
         .unwrap_or(options.heartbeat_timeout);
+    let frame_max = url
+        .and_then(|u| u.query_value("frame_max"))
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(options.frame_max);
     let auth_mechanism = match options.login_method {
         LoginMethod::Plain => SASLMechanism::Plain,
         LoginMethod::Amqplain => SASLMechanism::AMQPlain,
@@ -53,6 +57,7 @@ pub(crate) fn broker_hosts(url: Option<&TransportUrl>, options: &KombuOptions) -
     };
     let query = AMQPQueryString {
         heartbeat: Some(heartbeat),
+        frame_max: (frame_max != 0).then_some(frame_max),
         connection_timeout: Some(10_000),
         auth_mechanism: Some(auth_mechanism),
         ..AMQPQueryString::default()

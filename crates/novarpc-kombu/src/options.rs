@@ -40,6 +40,12 @@ pub struct KombuOptions {
     /// AMQP heartbeat in seconds; 0 takes the broker's (60 s).
     #[serde(alias = "heartbeat_timeout_threshold")]
     pub heartbeat_timeout: u16,
+    /// The largest AMQP frame this client proposes, in bytes (the broker may
+    /// lower it); 0 takes the broker's (RabbitMQ: 131,072). lapin keeps 32
+    /// frames of buffer each way per connection, so this bounds a
+    /// connection's buffers (32,768: 2 MB; RabbitMQ's: 8 MB); larger messages
+    /// are split into more frames. `?frame_max=N` in the URL too.
+    pub frame_max: u32,
     /// Seconds before the first reconnect attempt; later ones back off
     /// exponentially (with jitter) up to `retry_interval_max`.
     #[serde(alias = "rabbit_retry_interval")]
@@ -145,6 +151,7 @@ impl Default for KombuOptions {
         KombuOptions {
             prefetch_count: 0,
             heartbeat_timeout: 60,
+            frame_max: 32_768,
             retry_interval: 1.0,
             retry_interval_max: 30.0,
             max_retries: 3,
@@ -216,6 +223,14 @@ impl KombuOptions {
         if options.channel_pool_size == 0 {
             return Err(config.invalid("kombu", "channel_pool_size", "must be at least 1"));
         }
+        // AMQP 0-9-1's smallest frame; brokers refuse a smaller one.
+        if options.frame_max != 0 && options.frame_max < 4096 {
+            return Err(config.invalid(
+                "kombu",
+                "frame_max",
+                "must be 0 (the broker's) or at least 4096",
+            ));
+        }
         // oslo refuses the same combinations.
         if options.stream_fanout && options.prefetch_count == 0 {
             return Err(config.invalid(
@@ -285,5 +300,13 @@ mod tests {
         let config = Config::from_toml_str("[kombu]\nprefetch = 1\n", "k.toml").unwrap();
         let err = KombuOptions::from_config(&config).unwrap_err().to_string();
         assert!(err.contains("prefetch"), "{err}");
+        let config = Config::from_toml_str("[kombu]\nframe_max = 1024\n", "k.toml").unwrap();
+        let err = KombuOptions::from_config(&config).unwrap_err().to_string();
+        assert!(err.contains("frame_max"), "{err}");
+        for ok in ["0", "4096", "131072"] {
+            let config =
+                Config::from_toml_str(&format!("[kombu]\nframe_max = {ok}\n"), "k.toml").unwrap();
+            KombuOptions::from_config(&config).unwrap();
+        }
     }
 }

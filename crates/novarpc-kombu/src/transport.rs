@@ -356,40 +356,40 @@ impl KombuDriver {
 
     /// The per-process reply queue, declared and consumed on first use.
     async fn reply_queue(&self) -> Result<&str> {
-        // Every call comes here: keep the common case out of the (large)
-        // future that declares the queue.
-        match self.shared.reply_queue.get() {
-            Some(name) => Ok(name),
-            None => Box::pin(self.declare_reply_queue()).await,
+        if let Some(name) = self.shared.reply_queue.get() {
+            return Ok(name);
         }
+        // Calls made while the queue is being declared wait on the cell; only
+        // the one declaring it holds the (large) declaring future, boxed.
+        // Inline, each of 10,000 first calls held its own 2 KB copy.
+        let name = self
+            .shared
+            .reply_queue
+            .get_or_try_init(|| Box::pin(self.declare_reply_queue()))
+            .await?;
+        Ok(name)
     }
 
-    async fn declare_reply_queue(&self) -> Result<&str> {
+    async fn declare_reply_queue(&self) -> Result<String> {
         let shared = &self.shared;
-        let name = shared
-            .reply_queue
-            .get_or_try_init(|| async {
-                let name = format!("reply_{}", self.unique_name()?);
-                let mut consumers = ConsumerSet::declare_consumers(
-                    shared.broker.clone(),
-                    shared.options.clone(),
-                    vec![QueueSpec::direct_consumer(name.clone(), &shared.options)],
-                    true,
-                    shared.shutdown.clone(),
-                )
-                .await
-                .map_err(|e| Error::transport(BACKEND, e))?;
-                let replies = shared.replies.clone();
-                let task = tokio::spawn(async move {
-                    while let Some(delivery) = consumers.next().await {
-                        replies.deliver_body(&delivery.data);
-                    }
-                    let _ = consumers.stop().await;
-                });
-                *shared.reply_task.lock() = Some(task);
-                Ok::<_, Error>(name)
-            })
-            .await?;
+        let name = format!("reply_{}", self.unique_name()?);
+        let mut consumers = ConsumerSet::declare_consumers(
+            shared.broker.clone(),
+            shared.options.clone(),
+            vec![QueueSpec::direct_consumer(name.clone(), &shared.options)],
+            true,
+            shared.shutdown.clone(),
+        )
+        .await
+        .map_err(|e| Error::transport(BACKEND, e))?;
+        let replies = shared.replies.clone();
+        let task = tokio::spawn(async move {
+            while let Some(delivery) = consumers.next().await {
+                replies.deliver_body(&delivery.data);
+            }
+            let _ = consumers.stop().await;
+        });
+        *shared.reply_task.lock() = Some(task);
         Ok(name)
     }
 

@@ -326,50 +326,51 @@ impl QpidDriver {
 
     /// The per-process reply address, attached on first use.
     async fn reply_node(&self) -> Result<&str> {
-        match self.shared.reply_address.get() {
-            Some(address) => Ok(address),
-            None => Box::pin(self.attach_reply_receiver()).await,
+        if let Some(address) = self.shared.reply_address.get() {
+            return Ok(address);
         }
+        // Calls made while the receiver attaches wait on the cell; only the
+        // one attaching it holds the (large) attaching future, boxed.
+        let address = self
+            .shared
+            .reply_address
+            .get_or_try_init(|| Box::pin(self.attach_reply_receiver()))
+            .await?;
+        Ok(address)
     }
 
-    async fn attach_reply_receiver(&self) -> Result<&str> {
+    async fn attach_reply_receiver(&self) -> Result<String> {
         let shared = &self.shared;
-        let address = shared
-            .reply_address
-            .get_or_try_init(|| async {
-                let name = format!("reply_{}", envelope::new_unique_id());
-                let source = match shared.addressing.reply(&name) {
-                    ReplyNode::Queue(node) => ReceiveFrom::Queue {
-                        node,
-                        durable: false,
-                    },
-                    ReplyNode::Multicast(node) => ReceiveFrom::Multicast { node },
-                    ReplyNode::Dynamic => ReceiveFrom::Dynamic,
-                };
-                let replies = shared.replies.clone();
-                let (receivers, addresses) = ReceiverSet::start(
-                    shared.receivers.clone(),
-                    vec![source],
-                    Sink::Accept(Arc::new(move |body: Bytes| {
-                        replies.deliver_body(&body);
-                    })),
-                    shared.options.link_credit.max(1000),
-                    shared.shutdown.child_token(),
-                )
-                .await
-                .map_err(Error::from)?;
-                *shared.reply_receivers.lock() = Some(receivers);
-                let address = addresses.into_iter().next().unwrap_or_default();
-                if address.is_empty() {
-                    return Err(Error::from(QpidError::Attach {
-                        address: "(reply node)".into(),
-                        reason: "the broker named no address for the dynamic reply node".into(),
-                        kind: novarpc_core::ErrorKind::Protocol,
-                    }));
-                }
-                Ok::<_, Error>(address)
-            })
-            .await?;
+        let name = format!("reply_{}", envelope::new_unique_id());
+        let source = match shared.addressing.reply(&name) {
+            ReplyNode::Queue(node) => ReceiveFrom::Queue {
+                node,
+                durable: false,
+            },
+            ReplyNode::Multicast(node) => ReceiveFrom::Multicast { node },
+            ReplyNode::Dynamic => ReceiveFrom::Dynamic,
+        };
+        let replies = shared.replies.clone();
+        let (receivers, addresses) = ReceiverSet::start(
+            shared.receivers.clone(),
+            vec![source],
+            Sink::Accept(Arc::new(move |body: Bytes| {
+                replies.deliver_body(&body);
+            })),
+            shared.options.link_credit.max(1000),
+            shared.shutdown.child_token(),
+        )
+        .await
+        .map_err(Error::from)?;
+        *shared.reply_receivers.lock() = Some(receivers);
+        let address = addresses.into_iter().next().unwrap_or_default();
+        if address.is_empty() {
+            return Err(Error::from(QpidError::Attach {
+                address: "(reply node)".into(),
+                reason: "the broker named no address for the dynamic reply node".into(),
+                kind: novarpc_core::ErrorKind::Protocol,
+            }));
+        }
         Ok(address)
     }
 
