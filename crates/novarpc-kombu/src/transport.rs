@@ -393,6 +393,40 @@ impl KombuDriver {
         Ok(name)
     }
 
+    /// `send_call` once it holds a publish slot.
+    async fn publish_call(
+        &self,
+        target: &Target,
+        request: OutgoingRequest<'_>,
+        call: CallInfo<'_>,
+    ) -> Result<()> {
+        let routing_key = target.routing_key();
+        let exchange = Exchange::Topic(self.control_exchange(target).to_owned());
+        let expiration = call.remaining().as_millis().max(1).to_string();
+        let give_up_at = call.deadline.into_std();
+        self.publish(Publish {
+            exchange: &exchange,
+            routing_key: &routing_key,
+            body: &request.body,
+            mandatory: false,
+            properties: properties().with_expiration(expiration.into()),
+            declare_queue: None,
+            // On quorum queues a publish can be lost in a leader election:
+            // confirm calls there, so a lost request is sent again within
+            // the call's deadline instead of timing out.
+            confirm: if self.shared.options.quorum_queues {
+                Confirm::Wait
+            } else {
+                Confirm::Skip
+            },
+            policy: self.cast_policy(),
+            give_up_at: Some(give_up_at),
+            retry_unroutable: false,
+        })
+        .await
+        .map_err(|e| Error::transport(BACKEND, e))
+    }
+
     /// What tells a process's reply or fanout queue apart: a uuid, or with
     /// the queue manager the next `<hostname>:<processname>:<n>`.
     fn unique_name(&self) -> Result<String> {
@@ -493,31 +527,9 @@ impl Driver for KombuDriver {
     ) -> Result<()> {
         self.check_open()?;
         let _slot = self.publish_slot().await;
-        let routing_key = target.routing_key();
-        let exchange = Exchange::Topic(self.control_exchange(target).to_owned());
-        let expiration = call.remaining().as_millis().max(1).to_string();
-        let give_up_at = call.deadline.into_std();
-        Box::pin(self.publish(Publish {
-            exchange: &exchange,
-            routing_key: &routing_key,
-            body: &request.body,
-            mandatory: false,
-            properties: properties().with_expiration(expiration.into()),
-            declare_queue: None,
-            // On quorum queues a publish can be lost in a leader election:
-            // confirm calls there, so a lost request is sent again within
-            // the call's deadline instead of timing out.
-            confirm: if self.shared.options.quorum_queues {
-                Confirm::Wait
-            } else {
-                Confirm::Skip
-            },
-            policy: self.cast_policy(),
-            give_up_at: Some(give_up_at),
-            retry_unroutable: false,
-        }))
-        .await
-        .map_err(|e| Error::transport(BACKEND, e))
+        // Boxed once it has a slot: the calls waiting for one (thousands, in
+        // a burst) hold only their arguments, not a publish's state.
+        Box::pin(self.publish_call(target, request, call)).await
     }
 
     async fn send_reply(&self, reply_q: &str, _msg_id: &str, body: Bytes) -> Result<()> {

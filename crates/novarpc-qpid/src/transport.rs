@@ -324,6 +324,33 @@ impl QpidDriver {
         Ok((generation, connection))
     }
 
+    /// `send_call` once it holds a send slot.
+    async fn deliver_call(
+        &self,
+        target: &Target,
+        request: OutgoingRequest<'_>,
+        call: CallInfo<'_>,
+    ) -> Result<()> {
+        let props = properties(call.msg_id.to_owned(), request.method)
+            .reply_to(call.reply_to.to_owned())
+            .build();
+        let node = self.anycast(&topic_queue(self.exchange(target), &target.routing_key()));
+        self.deliver(Outgoing {
+            node: &node,
+            durable_node: true,
+            // The broker drops a request nobody took before the caller gave up.
+            message: message(request.body, props, false, Some(call.remaining())),
+            // Pre-settled: the reply is the confirmation, and a lost request
+            // ends in a timeout (unsettled measured 5-10 % slower).
+            settlement: Settlement::PreSettled,
+            policy: self.shared.retry,
+            give_up_at: Some(call.deadline.into_std()),
+            fanout: false,
+        })
+        .await
+        .map_err(Error::from)
+    }
+
     /// The per-process reply address, attached on first use.
     async fn reply_node(&self) -> Result<&str> {
         if let Some(address) = self.shared.reply_address.get() {
@@ -478,24 +505,9 @@ impl Driver for QpidDriver {
     ) -> Result<()> {
         self.check_open()?;
         let _slot = self.send_slot().await;
-        let props = properties(call.msg_id.to_owned(), request.method)
-            .reply_to(call.reply_to.to_owned())
-            .build();
-        let node = self.anycast(&topic_queue(self.exchange(target), &target.routing_key()));
-        Box::pin(self.deliver(Outgoing {
-            node: &node,
-            durable_node: true,
-            // The broker drops a request nobody took before the caller gave up.
-            message: message(request.body, props, false, Some(call.remaining())),
-            // Pre-settled: the reply is the confirmation, and a lost request
-            // ends in a timeout (unsettled measured 5-10 % slower).
-            settlement: Settlement::PreSettled,
-            policy: self.shared.retry,
-            give_up_at: Some(call.deadline.into_std()),
-            fanout: false,
-        }))
-        .await
-        .map_err(Error::from)
+        // Boxed once it has a slot: the calls waiting for one (thousands, in
+        // a burst) hold only their arguments, not a send's state.
+        Box::pin(self.deliver_call(target, request, call)).await
     }
 
     async fn send_reply(&self, reply_q: &str, msg_id: &str, body: Bytes) -> Result<()> {
