@@ -1690,6 +1690,37 @@ mod tests {
             prop_oneof![envelope(), prefixed, damaged]
         }
 
+        /// A written message as novarpc writes it (`layout` 0), indented (1),
+        /// or spaced as Python's json.dumps (2), then maybe damaged: cut,
+        /// a byte overwritten or inserted; `None` when that is not UTF-8.
+        fn relaid(
+            written: String,
+            layout: u8,
+            damage: Option<(proptest::sample::Index, u8, u8)>,
+        ) -> Option<String> {
+            let text = match layout {
+                0 => written,
+                1 => {
+                    serde_json::to_string_pretty(&serde_json::from_str::<Value>(&written).unwrap())
+                        .unwrap()
+                }
+                _ => written
+                    .replacen(",\"", ", \"", 3)
+                    .replacen("\":", "\": ", 3),
+            };
+            let Some((at, byte, how)) = damage else {
+                return Some(text);
+            };
+            let mut bytes = text.into_bytes();
+            let at = at.index(bytes.len() + 1);
+            match how {
+                0 => bytes.truncate(at),
+                1 if at < bytes.len() => bytes[at] = byte,
+                _ => bytes.insert(at, byte),
+            }
+            String::from_utf8(bytes).ok()
+        }
+
         /// What a request's parts say, comparably.
         #[allow(clippy::type_complexity)]
         fn request_summary(
@@ -1864,23 +1895,7 @@ mod tests {
                 let call = call.then_some(CallHeader { msg_id: "0123abc", reply_q: "reply_x" });
                 let (body, _) = write_request(&typed, call, "u1").unwrap();
                 let written = unwrap_fast(&body).unwrap();
-                // As novarpc writes it, indented, or spaced as Python's json.dumps.
-                let mut text = match layout {
-                    0 => written,
-                    1 => serde_json::to_string_pretty(&serde_json::from_str::<Value>(&written).unwrap()).unwrap(),
-                    _ => written.replacen(",\"", ", \"", 3).replacen("\":", "\": ", 3),
-                };
-                if let Some((at, byte, how)) = damage {
-                    let mut bytes = text.into_bytes();
-                    let at = at.index(bytes.len() + 1);
-                    match how {
-                        0 => bytes.truncate(at),
-                        1 if at < bytes.len() => bytes[at] = byte,
-                        _ => bytes.insert(at, byte),
-                    }
-                    let Ok(damaged) = String::from_utf8(bytes) else { return Ok(()) };
-                    text = damaged;
-                }
+                let Some(text) = relaid(written, layout, damage) else { return Ok(()) };
                 let fast = parse_request_fast(&text);
                 if damage.is_none() && args.is_object()
                     && context.keys().all(|k| k.bytes().all(|b| b.is_ascii_lowercase()))
@@ -1912,22 +1927,7 @@ mod tests {
                     _ => ReplyBody::Result(&raw),
                 };
                 let written = unwrap_fast(&encode_reply("0123abc", body)).unwrap();
-                let mut text = match layout {
-                    0 => written,
-                    1 => serde_json::to_string_pretty(&serde_json::from_str::<Value>(&written).unwrap()).unwrap(),
-                    _ => written.replacen(",\"", ", \"", 3).replacen("\":", "\": ", 3),
-                };
-                if let Some((at, byte, how)) = damage {
-                    let mut bytes = text.into_bytes();
-                    let at = at.index(bytes.len() + 1);
-                    match how {
-                        0 => bytes.truncate(at),
-                        1 if at < bytes.len() => bytes[at] = byte,
-                        _ => bytes.insert(at, byte),
-                    }
-                    let Ok(damaged) = String::from_utf8(bytes) else { return Ok(()) };
-                    text = damaged;
-                }
+                let Some(text) = relaid(written, layout, damage) else { return Ok(()) };
                 let fast = parse_reply_fast(&text);
                 if damage.is_none() && !failure {
                     prop_assert!(fast.is_some(), "{}", text);

@@ -9,7 +9,7 @@ use lapin::options::BasicPublishOptions;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation};
 use novarpc_amqp::pool::{self, Pool};
-use novarpc_amqp::{ensure, ReplyRegistry, RetryPolicy};
+use novarpc_amqp::{ensure, get_or_try_init_boxed, ReplyRegistry, RetryPolicy};
 use novarpc_core::driver::{CallInfo, Capabilities, Driver, Listener, OutgoingRequest};
 use novarpc_core::envelope;
 use novarpc_core::{Classify, CommonOptions, Config, Error, Priority, Result, Target};
@@ -356,17 +356,8 @@ impl KombuDriver {
 
     /// The per-process reply queue, declared and consumed on first use.
     async fn reply_queue(&self) -> Result<&str> {
-        if let Some(name) = self.shared.reply_queue.get() {
-            return Ok(name);
-        }
-        // Calls made while the queue is being declared wait on the cell; only
-        // the one declaring it holds the (large) declaring future, boxed.
-        // Inline, each of 10,000 first calls held its own 2 KB copy.
-        let name = self
-            .shared
-            .reply_queue
-            .get_or_try_init(|| Box::pin(self.declare_reply_queue()))
-            .await?;
+        let name =
+            get_or_try_init_boxed(&self.shared.reply_queue, || self.declare_reply_queue()).await?;
         Ok(name)
     }
 

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fe2o3_amqp::types::messaging::{Data, Header, Message, Outcome, Properties};
 use fe2o3_amqp::Sendable;
-use novarpc_amqp::{broker_addresses, ensure, ReplyRegistry, RetryPolicy};
+use novarpc_amqp::{broker_addresses, ensure, get_or_try_init_boxed, ReplyRegistry, RetryPolicy};
 use novarpc_core::driver::{CallInfo, Capabilities, Driver, Listener, OutgoingRequest};
 use novarpc_core::envelope;
 use novarpc_core::{CommonOptions, Config, Error, Priority, Result, Target};
@@ -353,16 +353,9 @@ impl QpidDriver {
 
     /// The per-process reply address, attached on first use.
     async fn reply_node(&self) -> Result<&str> {
-        if let Some(address) = self.shared.reply_address.get() {
-            return Ok(address);
-        }
-        // Calls made while the receiver attaches wait on the cell; only the
-        // one attaching it holds the (large) attaching future, boxed.
-        let address = self
-            .shared
-            .reply_address
-            .get_or_try_init(|| Box::pin(self.attach_reply_receiver()))
-            .await?;
+        let address =
+            get_or_try_init_boxed(&self.shared.reply_address, || self.attach_reply_receiver())
+                .await?;
         Ok(address)
     }
 
