@@ -161,10 +161,14 @@ impl RpcClient {
 
     /// The transport requests go out on: the client's own, or the one of
     /// the broker set by [`RpcClient::broker`].
-    async fn sending_transport(&self) -> Result<Transport> {
+    async fn sending_transport(&self) -> Result<std::borrow::Cow<'_, Transport>> {
         match &self.broker {
-            None => Ok(self.transport.clone()),
-            Some(broker) => self.transport.for_broker(broker).await,
+            None => Ok(std::borrow::Cow::Borrowed(&self.transport)),
+            Some(broker) => self
+                .transport
+                .for_broker(broker)
+                .await
+                .map(std::borrow::Cow::Owned),
         }
     }
 
@@ -442,14 +446,8 @@ impl RpcClient {
             self.check_target(&self.target, version)?;
             let version = version.map(|v| v.text());
             let request = self.request(context, method, args, version.as_ref());
-            let Some(broker) = &self.broker else {
-                return self
-                    .transport
-                    .start_call(&self.target, &request, deadline, self.timeout)
-                    .await;
-            };
             // Connecting to another broker counts against the call's deadline.
-            let transport = crate::deadline::within_at(deadline, self.transport.for_broker(broker))
+            let transport = crate::deadline::within_at(deadline, self.sending_transport())
                 .await
                 .map_err(|_| Error::Timeout {
                     method: method.to_owned(),
@@ -714,7 +712,7 @@ impl RpcClient {
                 target: format!("{publisher_id} at broker {}", self.broker_label()),
                 timeout,
             })??;
-        Notifier::new(transport, publisher_id)
+        Notifier::new(transport.into_owned(), publisher_id)
             .notify(context, priority, event_type, payload)
             .await
     }

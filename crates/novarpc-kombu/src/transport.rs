@@ -356,9 +356,9 @@ impl KombuDriver {
 
     /// The per-process reply queue, declared and consumed on first use.
     async fn reply_queue(&self) -> Result<&str> {
-        let name =
-            get_or_try_init_boxed(&self.shared.reply_queue, || self.declare_reply_queue()).await?;
-        Ok(name)
+        get_or_try_init_boxed(&self.shared.reply_queue, || self.declare_reply_queue())
+            .await
+            .map(String::as_str)
     }
 
     async fn declare_reply_queue(&self) -> Result<String> {

@@ -353,10 +353,9 @@ impl QpidDriver {
 
     /// The per-process reply address, attached on first use.
     async fn reply_node(&self) -> Result<&str> {
-        let address =
-            get_or_try_init_boxed(&self.shared.reply_address, || self.attach_reply_receiver())
-                .await?;
-        Ok(address)
+        get_or_try_init_boxed(&self.shared.reply_address, || self.attach_reply_receiver())
+            .await
+            .map(String::as_str)
     }
 
     async fn attach_reply_receiver(&self) -> Result<String> {
