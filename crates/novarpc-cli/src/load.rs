@@ -49,44 +49,60 @@ where
     F: Fn(i64) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = bool> + Send,
 {
-    let start = Instant::now();
-    let next = Arc::new(AtomicI64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
+    // What every loop shares, behind one pointer: with 10,000 loops in
+    // flight, a copy of each part per task would be measured as the
+    // operation's memory.
+    struct Shared<F> {
+        op: F,
+        start: Instant,
+        budget: Budget,
+        /// Operations claimed at once: one shared counter bumped per
+        /// operation by every loop would cost more than a memory call.
+        batch: i64,
+        next: AtomicI64,
+        errors: AtomicU64,
+        progress: Arc<AtomicU64>,
+    }
+    let shared = Arc::new(Shared {
+        op,
+        start: Instant::now(),
+        budget,
+        batch: match budget {
+            Budget::Messages(n) => (n / (concurrency.max(1) as u64 * 8)).clamp(1, 64) as i64,
+            Budget::Duration(_) => 64,
+        },
+        next: AtomicI64::new(0),
+        errors: AtomicU64::new(0),
+        progress,
+    });
     let mut tasks = Vec::with_capacity(concurrency);
     for _ in 0..concurrency.max(1) {
-        let (op, next, errors, progress) =
-            (op.clone(), next.clone(), errors.clone(), progress.clone());
+        let shared = shared.clone();
         tasks.push(tokio::spawn(async move {
             // Raw samples, not a histogram per task: with 10,000 tasks in
             // flight the histograms alone would weigh hundreds of MB.
             let mut samples: Vec<u32> = Vec::new();
-            // Claim operations in batches: one shared counter bumped per
-            // operation by every task would cost more than the memory backend's call.
-            let batch: i64 = match budget {
-                Budget::Messages(n) => (n / (concurrency.max(1) as u64 * 8)).clamp(1, 64) as i64,
-                Budget::Duration(_) => 64,
-            };
             let (mut i, mut end) = (0i64, 0i64);
             loop {
                 if i == end {
-                    i = next.fetch_add(batch, Ordering::Relaxed);
-                    end = i + batch;
+                    i = shared.next.fetch_add(shared.batch, Ordering::Relaxed);
+                    end = i + shared.batch;
                 }
-                let more = match budget {
-                    Budget::Duration(d) => start.elapsed() < d,
+                let more = match shared.budget {
+                    Budget::Duration(d) => shared.start.elapsed() < d,
                     Budget::Messages(n) => (i as u64) < n,
                 };
                 if !more {
                     break;
                 }
                 let t = Instant::now();
-                if !op(i).await {
-                    errors.fetch_add(1, Ordering::Relaxed);
+                if !(shared.op)(i).await {
+                    shared.errors.fetch_add(1, Ordering::Relaxed);
                 }
                 samples.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
                 i += 1;
                 if samples.len() % 64 == 0 {
-                    progress.fetch_add(64, Ordering::Relaxed);
+                    shared.progress.fetch_add(64, Ordering::Relaxed);
                 }
             }
             samples
@@ -98,10 +114,10 @@ where
             latency.saturating_record(u64::from(sample));
         }
     }
-    let elapsed = start.elapsed();
+    let elapsed = shared.start.elapsed();
     Figure {
         operations: latency.len(),
-        errors: errors.load(Ordering::Relaxed),
+        errors: shared.errors.load(Ordering::Relaxed),
         elapsed,
         latency,
     }

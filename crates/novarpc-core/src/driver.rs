@@ -217,6 +217,16 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
     /// each call's `msg_id` in it before sending.
     fn replies(&self) -> &std::sync::Arc<ReplyRegistry>;
 
+    /// The driver's send slots (its broker's flow control: publishes or
+    /// transfers awaiting their outcome), if it bounds them. The handle takes
+    /// a slot before it encodes a message or registers a call's waiter and
+    /// holds it until the driver's send returns, so a burst waiting for a
+    /// busy broker holds only its arguments. Drivers do not take slots
+    /// themselves. `None` (the default): sends are not bounded.
+    fn send_slots(&self) -> Option<&tokio::sync::Semaphore> {
+        None
+    }
+
     /// Sends a request that expects no reply: a cast, a cast to
     /// `target.server`, or (with `target.fanout`) a fanout cast.
     async fn send(&self, target: &Target, request: OutgoingRequest<'_>) -> Result<()>;

@@ -189,14 +189,15 @@ impl Version {
 
 /// A version written out without allocating, for the wire.
 pub(crate) struct VersionText {
-    buf: [u8; 21],
-    len: usize,
+    // 23 + 1 bytes: a call's future holds one while it is sent.
+    buf: [u8; 23],
+    len: u8,
 }
 
 impl VersionText {
     pub(crate) fn as_str(&self) -> &str {
         // Only ASCII digits and a dot are ever written.
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("1.0")
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or("1.0")
     }
 }
 
@@ -204,10 +205,11 @@ impl Version {
     /// `MAJOR.MINOR` in a stack buffer (the longest is 21 bytes).
     pub(crate) fn text(&self) -> VersionText {
         use std::io::Write;
-        let mut buf = [0u8; 21];
+        let mut buf = [0u8; 23];
         let mut cursor = std::io::Cursor::new(&mut buf[..]);
         let _ = write!(cursor, "{}.{}", self.major, self.minor);
-        let len = cursor.position() as usize;
+        // At most 21 bytes are written.
+        let len = cursor.position() as u8;
         VersionText { buf, len }
     }
 }

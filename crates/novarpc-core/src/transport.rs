@@ -78,8 +78,16 @@ struct Inner {
     metrics: crate::metrics::Metrics,
     /// The driver's reply address once it has one: asked for once, not
     /// through a (boxed) driver future on every call.
-    reply_address: std::sync::OnceLock<Box<str>>,
+    reply_address: std::sync::OnceLock<Arc<str>>,
+    /// The one request for it under way: the calls made while the reply
+    /// queue is being declared (a burst at start-up: thousands) wait on it,
+    /// 16 bytes each, instead of each boxing a request of its own.
+    reply_pending: parking_lot::Mutex<Option<PendingAddress>>,
 }
+
+/// A shared request for the driver's reply address; `None` if it failed.
+type PendingAddress =
+    futures::future::Shared<futures::future::BoxFuture<'static, Option<Arc<str>>>>;
 
 /// How a transport reaches other brokers.
 enum Resolver {
@@ -141,6 +149,7 @@ impl Transport {
                 capabilities: driver.capabilities(),
                 options: driver.options().clone(),
                 reply_address: std::sync::OnceLock::new(),
+                reply_pending: parking_lot::Mutex::new(None),
                 driver,
                 closed: AtomicBool::new(false),
                 resolver,
@@ -304,14 +313,62 @@ impl Transport {
         request: &TypedRequest<'_, A>,
     ) -> Result<()> {
         self.check_cast(target)?;
-        let body = encode_request(request, None)?;
         let operation = if target.fanout { "fanout cast" } else { "cast" };
-        let outgoing = OutgoingRequest {
-            body,
-            method: request.method,
+        let send = async {
+            let _slot = self.send_slot().await;
+            let outgoing = OutgoingRequest {
+                body: encode_request(request, None)?,
+                method: request.method,
+            };
+            self.inner.driver.send(target, outgoing).await
         };
-        self.bounded(operation, target, self.inner.driver.send(target, outgoing))
-            .await
+        self.bounded(operation, target, send).await
+    }
+
+    /// The driver's reply address (the slow path of a call, before the
+    /// first answer): every caller waits on one shared request. If it
+    /// fails, each caller asks the driver itself, so each gets its own
+    /// error (typed, with its source) and a later call starts afresh.
+    async fn reply_address(&self) -> Result<&str> {
+        let pending = {
+            let mut pending = self.inner.reply_pending.lock();
+            if pending
+                .as_ref()
+                .is_some_and(|p| matches!(p.peek(), Some(None)))
+            {
+                *pending = None;
+            }
+            pending
+                .get_or_insert_with(|| {
+                    let driver = self.inner.driver.clone();
+                    futures::FutureExt::shared(Box::pin(async move {
+                        driver.reply_address().await.map(Arc::<str>::from).ok()
+                    })
+                        as futures::future::BoxFuture<'static, _>)
+                })
+                .clone()
+        };
+        let address = match pending.await {
+            Some(address) => address,
+            None => Arc::from(self.inner.driver.reply_address().await?),
+        };
+        self.inner.reply_pending.lock().take();
+        Ok(self.inner.reply_address.get_or_init(|| address))
+    }
+
+    /// Waits for one of the driver's send slots, if it bounds them (see
+    /// [`Driver::send_slots`]).
+    async fn send_slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let slots = self.inner.driver.send_slots()?;
+        // A free slot is taken without waiting (and `try_acquire` does not
+        // overtake waiters: released slots go to them first). Only a wait is
+        // boxed: every call in flight would otherwise carry the semaphore's
+        // queue node in its state. A driver's semaphore is never closed
+        // while the driver lives.
+        match slots.try_acquire() {
+            Ok(slot) => Some(slot),
+            Err(_) => Box::pin(slots.acquire()).await.ok(),
+        }
     }
 
     /// Encodes and sends a call's request, returning the receiver of its
@@ -332,13 +389,13 @@ impl Transport {
             self.require(self.capabilities().call, "call")?;
             let driver = &self.inner.driver;
             let send = async {
-                let reply_to = match self.inner.reply_address.get() {
+                let reply_to: &str = match self.inner.reply_address.get() {
                     Some(address) => address,
-                    None => {
-                        let address = driver.reply_address().await?;
-                        self.inner.reply_address.get_or_init(|| address.into())
-                    }
+                    None => self.reply_address().await?,
                 };
+                // Before the request is encoded and its waiter registered:
+                // calls waiting for a slot hold only their arguments.
+                let _slot = self.send_slot().await;
                 // Scoped, so that the id's buffer is not kept in the future's
                 // state across the send (the receiver holds the id).
                 let (body, receiver) = {
@@ -378,12 +435,11 @@ impl Transport {
     pub(crate) async fn send_reply(&self, reply_to: &str, msg_id: &str, body: Bytes) -> Result<()> {
         self.check_open()?;
         let timeout = self.options().send_timeout;
-        match crate::deadline::within(
-            timeout,
-            self.inner.driver.send_reply(reply_to, msg_id, body),
-        )
-        .await
-        {
+        let send = async {
+            let _slot = self.send_slot().await;
+            self.inner.driver.send_reply(reply_to, msg_id, body).await
+        };
+        match crate::deadline::within(timeout, send).await {
             Ok(result) => result,
             Err(_) => Err(Error::SendTimeout {
                 operation: "reply",
@@ -401,12 +457,14 @@ impl Transport {
         body: Bytes,
     ) -> Result<()> {
         self.require(self.capabilities().notifications, "notifications")?;
-        self.bounded(
-            "notification",
-            target,
-            self.inner.driver.send_notification(target, priority, body),
-        )
-        .await
+        let send = async {
+            let _slot = self.send_slot().await;
+            self.inner
+                .driver
+                .send_notification(target, priority, body)
+                .await
+        };
+        self.bounded("notification", target, send).await
     }
 
     /// Consumes requests for a server's target.

@@ -38,9 +38,9 @@ struct Shared {
     /// Channels in confirm mode, for publishes that wait for the broker.
     publishers: Pool<ChannelManager>,
     unconfirmed_publishers: Pool<ChannelManager>,
-    /// Publishes under way. A burst of thousands of sends waits here as small
-    /// futures, before encoding, instead of as encoded messages and retry
-    /// state held for each.
+    /// Publishes under way (the handle takes a slot before it encodes): a
+    /// burst of thousands of sends waits as small futures, not as encoded
+    /// messages, waiters and publish state.
     publish_slots: tokio::sync::Semaphore,
     /// Exchanges and notification queues declared on the current connection.
     declared: Mutex<Declared>,
@@ -183,14 +183,6 @@ impl KombuDriver {
             .await
             .map_err(|e| Error::from(e.last_error))?;
         Ok(transport)
-    }
-
-    async fn publish_slot(&self) -> tokio::sync::SemaphorePermit<'_> {
-        self.shared
-            .publish_slots
-            .acquire()
-            .await
-            .expect("the publish semaphore is never closed")
     }
 
     fn check_open(&self) -> Result<()> {
@@ -384,40 +376,6 @@ impl KombuDriver {
         Ok(name)
     }
 
-    /// `send_call` once it holds a publish slot.
-    async fn publish_call(
-        &self,
-        target: &Target,
-        request: OutgoingRequest<'_>,
-        call: CallInfo<'_>,
-    ) -> Result<()> {
-        let routing_key = target.routing_key();
-        let exchange = Exchange::Topic(self.control_exchange(target).to_owned());
-        let expiration = call.remaining().as_millis().max(1).to_string();
-        let give_up_at = call.deadline.into_std();
-        self.publish(Publish {
-            exchange: &exchange,
-            routing_key: &routing_key,
-            body: &request.body,
-            mandatory: false,
-            properties: properties().with_expiration(expiration.into()),
-            declare_queue: None,
-            // On quorum queues a publish can be lost in a leader election:
-            // confirm calls there, so a lost request is sent again within
-            // the call's deadline instead of timing out.
-            confirm: if self.shared.options.quorum_queues {
-                Confirm::Wait
-            } else {
-                Confirm::Skip
-            },
-            policy: self.cast_policy(),
-            give_up_at: Some(give_up_at),
-            retry_unroutable: false,
-        })
-        .await
-        .map_err(|e| Error::transport(BACKEND, e))
-    }
-
     /// What tells a process's reply or fanout queue apart: a uuid, or with
     /// the queue manager the next `<hostname>:<processname>:<n>`.
     fn unique_name(&self) -> Result<String> {
@@ -469,9 +427,12 @@ impl Driver for KombuDriver {
         &self.shared.replies
     }
 
+    fn send_slots(&self) -> Option<&tokio::sync::Semaphore> {
+        Some(&self.shared.publish_slots)
+    }
+
     async fn send(&self, target: &Target, request: OutgoingRequest<'_>) -> Result<()> {
         self.check_open()?;
-        let _slot = self.publish_slot().await;
         let options = &self.shared.options;
         let exchange_name = self.control_exchange(target);
         let (exchange, routing_key, queue) = if target.fanout {
@@ -494,7 +455,7 @@ impl Driver for KombuDriver {
         };
         // Returns are only reported with confirms on.
         let mandatory = !target.fanout && options.mandatory_casts && confirm == Confirm::Wait;
-        Box::pin(self.publish(Publish {
+        self.publish(Publish {
             exchange: &exchange,
             mandatory,
             routing_key: &routing_key,
@@ -505,7 +466,7 @@ impl Driver for KombuDriver {
             policy: self.cast_policy(),
             give_up_at: None,
             retry_unroutable: false,
-        }))
+        })
         .await
         .map_err(|e| Error::transport(BACKEND, e))
     }
@@ -517,15 +478,35 @@ impl Driver for KombuDriver {
         call: CallInfo<'_>,
     ) -> Result<()> {
         self.check_open()?;
-        let _slot = self.publish_slot().await;
-        // Boxed once it has a slot: the calls waiting for one (thousands, in
-        // a burst) hold only their arguments, not a publish's state.
-        Box::pin(self.publish_call(target, request, call)).await
+        let routing_key = target.routing_key();
+        let exchange = Exchange::Topic(self.control_exchange(target).to_owned());
+        let expiration = call.remaining().as_millis().max(1).to_string();
+        let give_up_at = call.deadline.into_std();
+        self.publish(Publish {
+            exchange: &exchange,
+            routing_key: &routing_key,
+            body: &request.body,
+            mandatory: false,
+            properties: properties().with_expiration(expiration.into()),
+            declare_queue: None,
+            // On quorum queues a publish can be lost in a leader election:
+            // confirm calls there, so a lost request is sent again within
+            // the call's deadline instead of timing out.
+            confirm: if self.shared.options.quorum_queues {
+                Confirm::Wait
+            } else {
+                Confirm::Skip
+            },
+            policy: self.cast_policy(),
+            give_up_at: Some(give_up_at),
+            retry_unroutable: false,
+        })
+        .await
+        .map_err(|e| Error::transport(BACKEND, e))
     }
 
     async fn send_reply(&self, reply_q: &str, _msg_id: &str, body: Bytes) -> Result<()> {
         self.check_open()?;
-        let _slot = self.publish_slot().await;
         let timeout = Duration::from_secs_f64(self.shared.options.missing_consumer_retry_timeout);
         // A missing reply queue may come back (its caller reconnecting): keep
         // trying for `missing_consumer_retry_timeout`, as oslo does.
@@ -540,7 +521,7 @@ impl Driver for KombuDriver {
             } else {
                 Confirm::Skip
             };
-        Box::pin(self.publish(Publish {
+        self.publish(Publish {
             exchange: &Exchange::Default,
             mandatory: self.shared.options.mandatory_replies && confirm == Confirm::Wait,
             routing_key: reply_q,
@@ -551,7 +532,7 @@ impl Driver for KombuDriver {
             policy,
             give_up_at: Some(Instant::now() + timeout),
             retry_unroutable: true,
-        }))
+        })
         .await
         .map_err(|e| Error::transport(BACKEND, e))
     }
@@ -563,7 +544,6 @@ impl Driver for KombuDriver {
         body: Bytes,
     ) -> Result<()> {
         self.check_open()?;
-        let _slot = self.publish_slot().await;
         let exchange_name = self.control_exchange(target);
         let key = target.notification_key(priority);
         // Like oslo's notifier, declare the queue so notifications wait for a listener.
@@ -573,7 +553,7 @@ impl Driver for KombuDriver {
         } else {
             Confirm::Skip
         };
-        Box::pin(self.publish(Publish {
+        self.publish(Publish {
             exchange: &Exchange::Topic(exchange_name.to_owned()),
             mandatory: false,
             routing_key: &key,
@@ -584,7 +564,7 @@ impl Driver for KombuDriver {
             policy: self.cast_policy(),
             give_up_at: None,
             retry_unroutable: false,
-        }))
+        })
         .await
         .map_err(|e| Error::transport(BACKEND, e))
     }

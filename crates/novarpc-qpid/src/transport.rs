@@ -35,8 +35,8 @@ struct Shared {
     senders: Arc<Broker>,
     send_connection: Mutex<Option<(u64, Arc<AmqpConnection>)>>,
     receivers: Arc<Broker>,
-    /// Sends under way: a burst of thousands waits here as small futures
-    /// rather than as encoded messages.
+    /// Sends under way (the handle takes a slot before it encodes): a burst
+    /// of thousands waits as small futures, not as encoded messages.
     send_slots: tokio::sync::Semaphore,
     reply_address: OnceCell<String>,
     reply_receivers: Mutex<Option<ReceiverSet>>,
@@ -172,14 +172,6 @@ impl QpidDriver {
         } else {
             Ok(())
         }
-    }
-
-    async fn send_slot(&self) -> tokio::sync::SemaphorePermit<'_> {
-        self.shared
-            .send_slots
-            .acquire()
-            .await
-            .expect("the send semaphore is never closed")
     }
 
     /// How casts and notifications are sent (`publisher_confirms`).
@@ -324,33 +316,6 @@ impl QpidDriver {
         Ok((generation, connection))
     }
 
-    /// `send_call` once it holds a send slot.
-    async fn deliver_call(
-        &self,
-        target: &Target,
-        request: OutgoingRequest<'_>,
-        call: CallInfo<'_>,
-    ) -> Result<()> {
-        let props = properties(call.msg_id.to_owned(), request.method)
-            .reply_to(call.reply_to.to_owned())
-            .build();
-        let node = self.anycast(&topic_queue(self.exchange(target), &target.routing_key()));
-        self.deliver(Outgoing {
-            node: &node,
-            durable_node: true,
-            // The broker drops a request nobody took before the caller gave up.
-            message: message(request.body, props, false, Some(call.remaining())),
-            // Pre-settled: the reply is the confirmation, and a lost request
-            // ends in a timeout (unsettled measured 5-10 % slower).
-            settlement: Settlement::PreSettled,
-            policy: self.shared.retry,
-            give_up_at: Some(call.deadline.into_std()),
-            fanout: false,
-        })
-        .await
-        .map_err(Error::from)
-    }
-
     /// The per-process reply address, attached on first use.
     async fn reply_node(&self) -> Result<&str> {
         get_or_try_init_boxed(&self.shared.reply_address, || self.attach_reply_receiver())
@@ -451,9 +416,12 @@ impl Driver for QpidDriver {
         &self.shared.replies
     }
 
+    fn send_slots(&self) -> Option<&tokio::sync::Semaphore> {
+        Some(&self.shared.send_slots)
+    }
+
     async fn send(&self, target: &Target, request: OutgoingRequest<'_>) -> Result<()> {
         self.check_open()?;
-        let _slot = self.send_slot().await;
         let exchange = self.exchange(target);
         let (node, durable_node) = if target.fanout {
             let key = fanout_key(exchange, &target.routing_key());
@@ -476,7 +444,7 @@ impl Driver for QpidDriver {
             )
         };
         let props = properties(envelope::new_unique_id(), request.method).build();
-        Box::pin(self.deliver(Outgoing {
+        self.deliver(Outgoing {
             node: &node,
             durable_node,
             message: message(request.body, props, true, None),
@@ -484,7 +452,7 @@ impl Driver for QpidDriver {
             policy: self.shared.retry,
             give_up_at: None,
             fanout: target.fanout,
-        }))
+        })
         .await
         .map_err(Error::from)
     }
@@ -496,15 +464,28 @@ impl Driver for QpidDriver {
         call: CallInfo<'_>,
     ) -> Result<()> {
         self.check_open()?;
-        let _slot = self.send_slot().await;
-        // Boxed once it has a slot: the calls waiting for one (thousands, in
-        // a burst) hold only their arguments, not a send's state.
-        Box::pin(self.deliver_call(target, request, call)).await
+        let props = properties(call.msg_id.to_owned(), request.method)
+            .reply_to(call.reply_to.to_owned())
+            .build();
+        let node = self.anycast(&topic_queue(self.exchange(target), &target.routing_key()));
+        self.deliver(Outgoing {
+            node: &node,
+            durable_node: true,
+            // The broker drops a request nobody took before the caller gave up.
+            message: message(request.body, props, false, Some(call.remaining())),
+            // Pre-settled: the reply is the confirmation, and a lost request
+            // ends in a timeout (unsettled measured 5-10 % slower).
+            settlement: Settlement::PreSettled,
+            policy: self.shared.retry,
+            give_up_at: Some(call.deadline.into_std()),
+            fanout: false,
+        })
+        .await
+        .map_err(Error::from)
     }
 
     async fn send_reply(&self, reply_q: &str, msg_id: &str, body: Bytes) -> Result<()> {
         self.check_open()?;
-        let _slot = self.send_slot().await;
         // The caller's node, declared by the caller.
         let node = Node {
             address: reply_q.to_owned(),
@@ -518,7 +499,7 @@ impl Driver for QpidDriver {
         // its caller is still there: pre-settled replies on a freshly
         // attached link were occasionally lost (about 1 run in 6 of the
         // conformance suite, with fe2o3-amqp 0.18 and RabbitMQ 3.10).
-        Box::pin(self.deliver(Outgoing {
+        self.deliver(Outgoing {
             node: &node,
             durable_node: false,
             message: message(body, props.build(), false, None),
@@ -526,7 +507,7 @@ impl Driver for QpidDriver {
             policy: self.shared.retry,
             give_up_at: None,
             fanout: false,
-        }))
+        })
         .await
         .map_err(Error::from)
     }
@@ -538,7 +519,6 @@ impl Driver for QpidDriver {
         body: Bytes,
     ) -> Result<()> {
         self.check_open()?;
-        let _slot = self.send_slot().await;
         let key = target.notification_key(priority);
         // Into a shared queue, as oslo's notifier declares: notifications
         // wait for a listener.
@@ -547,7 +527,7 @@ impl Driver for QpidDriver {
             .addressing
             .notification_target(&topic_queue(self.exchange(target), &key));
         let props = properties(envelope::new_unique_id(), &key).build();
-        Box::pin(self.deliver(Outgoing {
+        self.deliver(Outgoing {
             node: &node,
             durable_node: true,
             message: message(body, props, true, None),
@@ -555,7 +535,7 @@ impl Driver for QpidDriver {
             policy: self.shared.retry,
             give_up_at: None,
             fanout: false,
-        }))
+        })
         .await
         .map_err(Error::from)
     }
