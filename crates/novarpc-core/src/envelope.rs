@@ -59,8 +59,26 @@ impl<'a> Request<'a> {
             method: self.method,
             args: self.args,
             namespace: self.namespace,
-            version: self.version,
+            version: self.version.map(VersionRef::Text),
             context: self.context,
+        }
+    }
+}
+
+/// A request's `version`: text as given, or a version written out when the
+/// request is encoded (so a call's future holds 8 bytes, not a buffer).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum VersionRef<'a> {
+    Text(&'a str),
+    Number(crate::target::Version),
+}
+
+impl VersionRef<'_> {
+    /// Calls `f` with the version's text.
+    fn with_text<R>(self, f: impl FnOnce(&str) -> R) -> R {
+        match self {
+            VersionRef::Text(text) => f(text),
+            VersionRef::Number(version) => f(version.text().as_str()),
         }
     }
 }
@@ -71,7 +89,7 @@ pub(crate) struct TypedRequest<'a, A: ?Sized> {
     pub(crate) method: &'a str,
     pub(crate) args: &'a A,
     pub(crate) namespace: Option<&'a str>,
-    pub(crate) version: Option<&'a str>,
+    pub(crate) version: Option<VersionRef<'a>>,
     pub(crate) context: &'a Context,
 }
 
@@ -761,7 +779,7 @@ impl Serialize for InnerRequest<'_> {
             map.serialize_entry("namespace", namespace)?;
         }
         if let Some(version) = r.version {
-            map.serialize_entry("version", version)?;
+            version.with_text(|version| map.serialize_entry("version", version))?;
         }
         if let Some(call) = &self.call {
             map.serialize_entry("_msg_id", call.msg_id)?;
@@ -839,7 +857,7 @@ fn write_request<A: Serialize + ?Sized>(
     }
     if let Some(version) = request.version {
         body.raw(b",\\\"version\\\":");
-        body.string(version);
+        version.with_text(|version| body.string(version));
     }
     if let Some(call) = &call {
         body.raw(b",\\\"_msg_id\\\":");
@@ -1828,14 +1846,14 @@ mod tests {
                     method: &method,
                     args: &args,
                     namespace: namespace.as_deref(),
-                    version: version.as_deref(),
+                    version: version.as_deref().map(VersionRef::Text),
                     context: &context,
                 };
                 let raw_request = TypedRequest {
                     method: &method,
                     args: &*raw,
                     namespace: namespace.as_deref(),
-                    version: version.as_deref(),
+                    version: version.as_deref().map(VersionRef::Text),
                     context: &context,
                 };
                 let compact = serde_json::to_string(&args).unwrap();
@@ -1889,7 +1907,7 @@ mod tests {
                     method: &method,
                     args: &args,
                     namespace: namespace.as_deref(),
-                    version: version.as_deref(),
+                    version: version.as_deref().map(VersionRef::Text),
                     context: &context,
                 };
                 let call = call.then_some(CallHeader { msg_id: "0123abc", reply_q: "reply_x" });

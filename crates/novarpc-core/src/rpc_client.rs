@@ -12,12 +12,12 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::broker::Broker;
-use crate::envelope::{self, Context, Reply, TypedRequest, DISPATCHER_MODULE};
+use crate::envelope::{self, Context, Reply, TypedRequest, VersionRef, DISPATCHER_MODULE};
 use crate::error::{Error, Result};
 use crate::metrics::{Kind, Side};
 use crate::notify::{Notifier, Priority};
 use crate::reply::ReplyReceiver;
-use crate::target::{Target, Version, VersionText};
+use crate::target::{Target, Version};
 use crate::transport::Transport;
 
 /// Sends requests to a [`Target`]: `call`, `cast`, `fanout_cast`,
@@ -259,7 +259,9 @@ impl RpcClient {
             version,
             method,
             context,
-            move |started| self.call_raw_unobserved(version, context, method, args, started),
+            move |started| {
+                self.call_raw_unobserved(version, context, method, args, started + self.timeout)
+            },
         )
     }
 
@@ -328,21 +330,21 @@ impl RpcClient {
         context: &'a Context,
         method: &'a str,
         args: &'a A,
-        started: Instant,
+        // From the call's start: connecting, declaring the reply queue and
+        // publishing count against it too.
+        deadline: Instant,
     ) -> impl std::future::Future<Output = Result<Answer>> + 'a
     where
         A: Serialize + ?Sized,
     {
         async move {
-            // The deadline runs from the call's start: connecting, declaring
-            // the reply queue and publishing count against it too.
-            let deadline = started + self.timeout;
             let mut receiver = self
                 .start_call(version, context, method, args, deadline)
                 .await?;
             // A streaming endpoint answers a plain call with its last
-            // element, as Nova's call did over multicall.
-            let mut last_item = None;
+            // element, as Nova's call did over multicall. Boxed: most calls
+            // get one reply, and every call in flight holds this place.
+            let mut last_item: Option<Box<Answer>> = None;
             loop {
                 let reply = self.next_reply(&mut receiver, deadline, method).await?;
                 if let Some(failure) = reply.failure() {
@@ -351,11 +353,11 @@ impl RpcClient {
                 if reply.ending() {
                     return Ok(match reply.seq() {
                         // The end of a stream: its last element is the result.
-                        Some(_) => last_item.unwrap_or(Answer(None)),
-                        None => last_item.unwrap_or(Answer(Some(reply))),
+                        Some(_) => last_item.map_or(Answer(None), |item| *item),
+                        None => last_item.map_or(Answer(Some(reply)), |item| *item),
                     });
                 }
-                last_item = Some(Answer(Some(reply)));
+                last_item = Some(Box::new(Answer(Some(reply))));
             }
         }
     }
@@ -438,19 +440,19 @@ impl RpcClient {
     where
         A: Serialize + ?Sized,
     {
+        // Made before the future: it holds the request, not its parts too.
+        let request = self.request(context, method, args, version);
         async move {
             self.check_open()?;
             if self.target.fanout {
                 return Err(Error::InvalidTarget("a call cannot be a fanout".into()));
             }
             self.check_target(&self.target, version)?;
-            let version = version.map(|v| v.text());
-            let request = self.request(context, method, args, version.as_ref());
             // Connecting to another broker counts against the call's deadline.
             let transport = crate::deadline::within_at(deadline, self.sending_transport())
                 .await
                 .map_err(|_| Error::Timeout {
-                    method: method.to_owned(),
+                    method: request.method.to_owned(),
                     topic: self.target.to_string(),
                     timeout: self.timeout,
                 })??;
@@ -507,13 +509,13 @@ impl RpcClient {
         context: &'a Context,
         method: &'a str,
         args: &'a A,
-        version: Option<&'a VersionText>,
+        version: Option<Version>,
     ) -> TypedRequest<'a, A> {
         TypedRequest {
             method,
             args,
             namespace: self.target.namespace.as_deref(),
-            version: version.map(VersionText::as_str),
+            version: version.map(VersionRef::Number),
             context,
         }
     }
@@ -586,8 +588,7 @@ impl RpcClient {
     ) -> Result<()> {
         // Refused before anything is serialized or sent.
         transport.check_cast(target)?;
-        let version = version.map(|v| v.text());
-        let request = self.request(context, method, args, version.as_ref());
+        let request = self.request(context, method, args, version);
         transport.cast(target, &request).await
     }
 
