@@ -56,7 +56,7 @@ pub async fn drive<F, Fut>(
     op: F,
 ) -> Figure
 where
-    F: Fn(i64) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(i64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = bool> + Send,
 {
     // What every loop shares, behind one pointer: with 10,000 loops in

@@ -1566,6 +1566,36 @@ mod tests {
     }
 
     #[test]
+    fn a_version_number_is_written_as_its_text() {
+        let context = Context::new();
+        let args = raw(r#"{"a":1}"#);
+        for (number, text) in [
+            (crate::target::Version::new(1, 3), "1.3"),
+            (
+                crate::target::Version::new(u32::MAX, u32::MAX),
+                "4294967295.4294967295",
+            ),
+        ] {
+            let request = |version| TypedRequest {
+                method: "m",
+                args: &*args,
+                namespace: None,
+                version: Some(version),
+                context: &context,
+            };
+            let written = |version| {
+                let (fast, _) = write_request(&request(version), None, "u1").unwrap();
+                let (slow, _) = reference::request(&request(version), None, "u1").unwrap();
+                assert_eq!(fast, slow);
+                fast
+            };
+            let body = written(VersionRef::Number(number));
+            assert_eq!(body, written(VersionRef::Text(text)));
+            assert_eq!(decode_request(&body).unwrap().version(), Some(text));
+        }
+    }
+
+    #[test]
     fn garbage_is_malformed() {
         for body in [
             &b"not json"[..],

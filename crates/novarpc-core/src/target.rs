@@ -189,7 +189,7 @@ impl Version {
 
 /// A version written out without allocating, for the wire.
 pub(crate) struct VersionText {
-    // 23 + 1 bytes: a call's future holds one while it is sent.
+    // The longest is 21 bytes; with a one-byte length, 24 in all.
     buf: [u8; 23],
     len: u8,
 }
