@@ -14,14 +14,12 @@
 mod broker;
 mod ensure;
 mod failover;
-mod lazy;
 pub mod pool;
 mod reconnect;
 
 pub use broker::{broker_addresses, seconds, BrokerAddress};
 pub use ensure::{ensure, Exhausted, RetryPolicy};
 pub use failover::{FailoverStrategy, HostRing};
-pub use lazy::get_or_try_init_boxed;
 pub use novarpc_core::dedup::DedupCache;
 pub use novarpc_core::envelope;
 pub use novarpc_core::reply::{ReplyReceiver, ReplyRegistry};

@@ -6,6 +6,7 @@
 //! driver's own error as their [`std::error::Error::source`].
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::ConfigError;
@@ -311,6 +312,25 @@ impl Error {
         }
     }
 
+    /// `error` for one of the callers that waited on it together: the
+    /// same kind, backend and source (a driver failure's own error is
+    /// shared, not copied).
+    pub(crate) fn shared(error: &Arc<Error>, backend: &'static str) -> Error {
+        match &**error {
+            Error::Closed => Error::Closed,
+            Error::Transport { backend, kind, .. } => Error::Transport {
+                backend,
+                kind: *kind,
+                source: Box::new(SharedSource(error.clone())),
+            },
+            other => Error::Transport {
+                backend,
+                kind: other.kind(),
+                source: Box::new(SharedSource(error.clone())),
+            },
+        }
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -373,6 +393,32 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_error_keeps_kind_backend_and_source() {
+        let original = Arc::new(Error::transport("kombu", Refused));
+        let shared = Error::shared(&original, "other");
+        assert_eq!(shared.kind(), ErrorKind::Authentication);
+        assert!(matches!(
+            shared,
+            Error::Transport {
+                backend: "kombu",
+                ..
+            }
+        ));
+        assert_eq!(error_chain(&shared), error_chain(&*original));
+
+        let closed = Error::shared(&Arc::new(Error::Closed), "kombu");
+        assert!(matches!(closed, Error::Closed));
+        let timeout = Arc::new(Error::SendTimeout {
+            operation: "reply",
+            target: "t".into(),
+            timeout: Duration::from_secs(1),
+        });
+        let shared = Error::shared(&timeout, "qpid");
+        assert_eq!(shared.kind(), ErrorKind::Timeout);
+        assert!(error_chain(&shared).contains(&timeout.to_string()));
+    }
+
+    #[test]
     fn transport_errors_keep_kind_and_source() {
         let error = Error::transport("kombu", Refused);
         assert_eq!(error.kind(), ErrorKind::Authentication);
@@ -385,5 +431,32 @@ mod tests {
             Error::transport_of_kind("qpid", ErrorKind::Unreachable, "connection refused");
         assert!(unreachable.is_temporary());
         assert!(!Error::Closed.is_temporary());
+    }
+}
+
+/// The source of an error shared by several callers: a driver failure's
+/// own error (what `Error::Transport` shows as its source), or the whole
+/// error for anything else.
+#[derive(Debug)]
+struct SharedSource(Arc<Error>);
+
+impl SharedSource {
+    fn inner(&self) -> &(dyn std::error::Error + 'static) {
+        match &*self.0 {
+            Error::Transport { source, .. } => &**source,
+            other => other,
+        }
+    }
+}
+
+impl fmt::Display for SharedSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self.inner(), f)
+    }
+}
+
+impl std::error::Error for SharedSource {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner().source()
     }
 }

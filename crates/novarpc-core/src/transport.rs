@@ -85,9 +85,10 @@ struct Inner {
     reply_pending: parking_lot::Mutex<Option<PendingAddress>>,
 }
 
-/// A shared request for the driver's reply address; `None` if it failed.
-type PendingAddress =
-    futures::future::Shared<futures::future::BoxFuture<'static, Option<Arc<str>>>>;
+/// A shared request for the driver's reply address.
+type PendingAddress = futures::future::Shared<
+    futures::future::BoxFuture<'static, std::result::Result<Arc<str>, Arc<Error>>>,
+>;
 
 /// How a transport reaches other brokers.
 enum Resolver {
@@ -326,32 +327,36 @@ impl Transport {
     }
 
     /// The driver's reply address (the slow path of a call, before the
-    /// first answer): every caller waits on one shared request. If it
-    /// fails, each caller asks the driver itself, so each gets its own
-    /// error (typed, with its source) and a later call starts afresh.
+    /// first answer): every caller waits on one shared request to the
+    /// driver, and each gets its failure (same kind, same source); a call
+    /// after a failure asks afresh.
     async fn reply_address(&self) -> Result<&str> {
         let pending = {
+            use futures::FutureExt;
             let mut pending = self.inner.reply_pending.lock();
             if pending
                 .as_ref()
-                .is_some_and(|p| matches!(p.peek(), Some(None)))
+                .is_some_and(|p| matches!(p.peek(), Some(Err(_))))
             {
                 *pending = None;
             }
             pending
                 .get_or_insert_with(|| {
                     let driver = self.inner.driver.clone();
-                    futures::FutureExt::shared(Box::pin(async move {
-                        driver.reply_address().await.map(Arc::<str>::from).ok()
-                    })
-                        as futures::future::BoxFuture<'static, _>)
+                    async move {
+                        match driver.reply_address().await {
+                            Ok(address) => Ok(Arc::from(address)),
+                            Err(error) => Err(Arc::new(error)),
+                        }
+                    }
+                    .boxed()
+                    .shared()
                 })
                 .clone()
         };
-        let address = match pending.await {
-            Some(address) => address,
-            None => Arc::from(self.inner.driver.reply_address().await?),
-        };
+        let address = pending
+            .await
+            .map_err(|error| Error::shared(&error, self.backend()))?;
         self.inner.reply_pending.lock().take();
         Ok(self.inner.reply_address.get_or_init(|| address))
     }

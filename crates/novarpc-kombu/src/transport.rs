@@ -9,7 +9,7 @@ use lapin::options::BasicPublishOptions;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation};
 use novarpc_amqp::pool::{self, Pool};
-use novarpc_amqp::{ensure, get_or_try_init_boxed, ReplyRegistry, RetryPolicy};
+use novarpc_amqp::{ensure, ReplyRegistry, RetryPolicy};
 use novarpc_core::driver::{CallInfo, Capabilities, Driver, Listener, OutgoingRequest};
 use novarpc_core::envelope;
 use novarpc_core::{Classify, CommonOptions, Config, Error, Priority, Result, Target};
@@ -348,7 +348,11 @@ impl KombuDriver {
 
     /// The per-process reply queue, declared and consumed on first use.
     async fn reply_queue(&self) -> Result<&str> {
-        get_or_try_init_boxed(&self.shared.reply_queue, || self.declare_reply_queue())
+        // The handle asks once at a time (calls made meanwhile share its
+        // request), so the declaring future is not held by many callers.
+        self.shared
+            .reply_queue
+            .get_or_try_init(|| self.declare_reply_queue())
             .await
             .map(String::as_str)
     }

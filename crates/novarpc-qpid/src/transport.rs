@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fe2o3_amqp::types::messaging::{Data, Header, Message, Outcome, Properties};
 use fe2o3_amqp::Sendable;
-use novarpc_amqp::{broker_addresses, ensure, get_or_try_init_boxed, ReplyRegistry, RetryPolicy};
+use novarpc_amqp::{broker_addresses, ensure, ReplyRegistry, RetryPolicy};
 use novarpc_core::driver::{CallInfo, Capabilities, Driver, Listener, OutgoingRequest};
 use novarpc_core::envelope;
 use novarpc_core::{CommonOptions, Config, Error, Priority, Result, Target};
@@ -318,7 +318,11 @@ impl QpidDriver {
 
     /// The per-process reply address, attached on first use.
     async fn reply_node(&self) -> Result<&str> {
-        get_or_try_init_boxed(&self.shared.reply_address, || self.attach_reply_receiver())
+        // The handle asks once at a time (calls made meanwhile share its
+        // request), so the declaring future is not held by many callers.
+        self.shared
+            .reply_address
+            .get_or_try_init(|| self.attach_reply_receiver())
             .await
             .map(String::as_str)
     }
