@@ -54,6 +54,9 @@ print("## kombu backend on RabbitMQ (raw: lapin, hand-written RPC / publishes)\n
 print(header)
 for n in (1, 16, 128):
     row(f"call, {n} in flight", f"kombu-call-{n}")
+for n in (1, 16, 128):
+    if os.path.exists(os.path.join(out, f"kombu-direct-call-{n}.json")):
+        row(f"call with direct reply-to (opt-in), {n} in flight", f"kombu-direct-call-{n}")
 row("cast with confirms, 64 in flight", "kombu-cast-confirms")
 row("cast without confirms, 64 in flight", "kombu-cast-noconfirms")
 row("fanout to 3 servers, 64 in flight", "kombu-fanout")
@@ -92,6 +95,8 @@ peer_row("memory call vs tarpc channel, 1 in flight", "memory-call-1", "peer-tar
 peer_row("memory call vs tarpc channel, 64 in flight", "memory-call-64", "peer-tarpc-64")
 for n in (1, 16, 128):
     peer_row(f"kombu call vs RustStream call, {n} in flight", f"kombu-call-{n}", f"peer-ruststream-{n}")
+for n in (1, 16, 128):
+    peer_row(f"kombu call with direct reply-to vs RustStream call, {n} in flight", f"kombu-direct-call-{n}", f"peer-ruststream-{n}")
 peer_row("kombu call vs oslo.messaging call, 1 in flight", "kombu-call-1", "peer-oslo-call-1")
 peer_row("kombu call vs oslo.messaging call, 16 in flight", "kombu-call-16", "peer-oslo-call-16")
 peer_row("kombu cast (confirms) vs oslo.messaging cast, 64 in flight, delivered", "kombu-cast-confirms", "peer-oslo-cast")

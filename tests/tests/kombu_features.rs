@@ -147,6 +147,37 @@ async fn quorum_queues_serve_calls() -> Result<()> {
         .await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: run ./scripts/test"]
+async fn direct_reply_to_answers_calls_without_a_reply_queue() -> Result<()> {
+    // With quorum queues the requests are confirmed, on the same channel.
+    for options in [
+        "direct_reply_to = true",
+        "direct_reply_to = true\nquorum_queues = true",
+    ] {
+        let backend = kombu_with(options);
+        let topic = unique("direct");
+        let exchange = unique("direct_ex");
+        let (server, client) = ping_service(&backend, &topic, &exchange).await?;
+        for _ in 0..3 {
+            let pong: String = client.call(&Context::new(), "ping", &json!({})).await?;
+            ensure!(pong == "pong", "{options}: {pong}");
+        }
+        let transport = backend.transport().await?;
+        ensure!(
+            transport.driver().reply_address().await? == "amq.rabbitmq.reply-to",
+            "{options}: the reply address is a queue"
+        );
+        server.stop().await?;
+        client.cleanup().await?;
+        transport.cleanup().await?;
+        backend
+            .remove_topology(&[topic.clone(), format!("{topic}.h1")], &[exchange])
+            .await?;
+    }
+    Ok(())
+}
+
 /// Declares `exchange` as a topic exchange with the given durability, as
 /// another service (or an earlier configuration) would have.
 async fn predeclare_exchange(exchange: &str, durable: bool) -> Result<()> {

@@ -110,6 +110,7 @@ pub struct Delivery {
     /// garbage on the queue).
     pub body: Bytes,
     acknowledge: Option<Box<dyn Acknowledge>>,
+    reply_to: Option<Box<str>>,
 }
 
 impl fmt::Debug for Delivery {
@@ -126,6 +127,7 @@ impl Delivery {
         Delivery {
             body,
             acknowledge: None,
+            reply_to: None,
         }
     }
 
@@ -134,7 +136,29 @@ impl Delivery {
         Delivery {
             body,
             acknowledge: Some(acknowledge),
+            reply_to: None,
         }
+    }
+
+    /// The same delivery, whose replies go to `address` rather than to the
+    /// envelope's `_reply_q`: an address the broker gave the message in
+    /// transit (RabbitMQ's direct reply-to rewrites `amq.rabbitmq.reply-to`
+    /// into the caller's channel), which the sender could not write into
+    /// the envelope.
+    pub fn with_reply_to(mut self, address: &str) -> Self {
+        self.reply_to = Some(address.into());
+        self
+    }
+
+    /// Where replies go when the broker said so (see
+    /// [`Delivery::with_reply_to`]); `None`: the envelope's `_reply_q`.
+    pub fn reply_to(&self) -> Option<&str> {
+        self.reply_to.as_deref()
+    }
+
+    /// Takes the broker's reply address out (before the delivery is settled).
+    pub fn take_reply_to(&mut self) -> Option<Box<str>> {
+        self.reply_to.take()
     }
 
     /// Tells the broker the message was taken.

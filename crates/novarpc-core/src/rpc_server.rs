@@ -712,7 +712,7 @@ impl Drop for RequestDone {
 /// Handles one request in `span` (its fields recorded as they are known),
 /// received at `started`.
 async fn process(
-    delivery: Delivery,
+    mut delivery: Delivery,
     shared: &Shared,
     span: &tracing::Span,
     started: std::time::Instant,
@@ -725,6 +725,7 @@ async fn process(
             return;
         }
     };
+    let broker_reply_to = delivery.take_reply_to();
     delivery.ack().await;
     if let (Some(seen), Some(unique_id)) = (&shared.seen, request.unique_id()) {
         if seen.is_duplicate(unique_id) {
@@ -735,7 +736,11 @@ async fn process(
     record_request(span, &request);
     let context = request.take_context();
     let request = &request;
-    let reply_to = request.msg_id().zip(request.reply_q());
+    // A call's replies go where the broker said (direct reply-to), else to
+    // its `_reply_q`.
+    let reply_to = request
+        .msg_id()
+        .zip(broker_reply_to.as_deref().or(request.reply_q()));
     let response = match shared.dispatcher.find(request) {
         Ok(handler) => {
             let call = AssertUnwindSafe(handler(context, request.args())).catch_unwind();

@@ -190,6 +190,7 @@ impl Connector for KombuConnector {
 pub(crate) type Broker = Reconnector<KombuConnector>;
 
 /// A channel and the connection generation it belongs to.
+#[derive(Clone)]
 pub(crate) struct PooledChannel {
     pub(crate) channel: Channel,
     pub(crate) generation: u64,

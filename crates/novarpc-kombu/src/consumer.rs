@@ -8,15 +8,15 @@ use bytes::Bytes;
 use futures::stream::{SelectAll, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
-    QueueDeleteOptions,
+    ConfirmSelectOptions, QueueDeleteOptions,
 };
 use lapin::{Channel, Consumer};
 use novarpc_core::driver::{Acknowledge, Delivery, Listener};
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::Broker;
+use crate::connection::{Broker, PooledChannel};
 use crate::options::KombuOptions;
-use crate::topology::QueueSpec;
+use crate::topology::{QueueSpec, DIRECT_REPLY_TO};
 use crate::KombuError;
 
 struct Active {
@@ -34,6 +34,16 @@ pub(crate) struct ConsumerSet {
     no_ack: bool,
     active: Option<Active>,
     shutdown: CancellationToken,
+    announce: Option<Announce>,
+}
+
+/// Where a direct reply-to consumer shows publishers its channel: the
+/// requests must go out on the channel that consumes the replies, and it
+/// changes with each reconnect (`None` while there is none).
+pub(crate) struct Announce {
+    pub(crate) channel: tokio::sync::watch::Sender<Option<PooledChannel>>,
+    /// Put the channel in confirm mode (calls are confirmed on quorum queues).
+    pub(crate) confirms: bool,
 }
 
 impl ConsumerSet {
@@ -54,15 +64,49 @@ impl ConsumerSet {
             no_ack,
             active: None,
             shutdown,
+            announce: None,
         };
         set.active = Some(set.consume().await?);
         Ok(set)
+    }
+
+    /// Consumes RabbitMQ's direct reply-to pseudo-queue (without
+    /// acknowledgements, as it requires), showing each channel it consumes
+    /// on in `announce`.
+    pub(crate) async fn direct_reply_to(
+        broker: Arc<Broker>,
+        options: KombuOptions,
+        shutdown: CancellationToken,
+        announce: Announce,
+    ) -> Result<Self, KombuError> {
+        let mut set = ConsumerSet {
+            broker,
+            options,
+            queues: vec![QueueSpec::direct_reply_to()],
+            no_ack: true,
+            active: None,
+            shutdown,
+            announce: Some(announce),
+        };
+        set.active = Some(set.consume().await?);
+        Ok(set)
+    }
+
+    fn announce(&self, channel: Option<PooledChannel>) {
+        if let Some(announce) = &self.announce {
+            announce.channel.send_replace(channel);
+        }
     }
 
     async fn consume(&self) -> Result<Active, KombuError> {
         let (generation, connection) = self.broker.get().await.map_err(|e| e.last_error)?;
         let result = async {
             let channel = connection.create_channel().await?;
+            if self.announce.as_ref().is_some_and(|a| a.confirms) {
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+            }
             if self.options.prefetch_count > 0 && !self.no_ack {
                 channel
                     .basic_qos(self.options.prefetch_count, BasicQosOptions::default())
@@ -96,7 +140,15 @@ impl ConsumerSet {
         }
         .await;
         match result {
-            Ok(active) => Ok(active),
+            Ok(active) => {
+                self.announce(Some(PooledChannel {
+                    channel: active.channel.clone(),
+                    generation,
+                    connection,
+                    retired: Arc::default(),
+                }));
+                Ok(active)
+            }
             Err(error) => {
                 if !connection.status().connected() {
                     self.broker.reset(generation).await;
@@ -154,12 +206,14 @@ impl ConsumerSet {
                 Some(Err(error)) => {
                     let generation = active.generation;
                     self.active = None;
+                    self.announce(None);
                     tracing::warn!(error = %novarpc_core::error_chain(&error), queues = ?self.queue_names(), "consumer failed; reconnecting");
                     self.broker.reset(generation).await;
                 }
                 None => {
                     tracing::warn!(queues = ?self.queue_names(), "the broker cancelled a consumer; consuming again");
                     self.active = None;
+                    self.announce(None);
                 }
             }
         }
@@ -172,6 +226,7 @@ impl ConsumerSet {
     /// Cancels the consumers, deletes transient queues and closes the channel;
     /// unacknowledged messages go back to their queues.
     pub(crate) async fn stop(&mut self) -> Result<(), KombuError> {
+        self.announce(None);
         let Some(active) = self.active.take() else {
             return Ok(());
         };
@@ -244,15 +299,30 @@ pub(crate) struct KombuListener {
 #[async_trait]
 impl Listener for KombuListener {
     async fn next(&mut self) -> Option<Delivery> {
-        let (delivery, channel) = self.consumers.next_on_channel().await?;
-        let body = Bytes::from(delivery.data);
-        Some(Delivery::with_acknowledge(
+        let (mut delivery, channel) = self.consumers.next_on_channel().await?;
+        let body = Bytes::from(std::mem::take(&mut delivery.data));
+        let settled = Delivery::with_acknowledge(
             body,
             Box::new(LapinAcknowledge {
                 channel,
                 delivery_tag: delivery.delivery_tag,
             }),
-        ))
+        );
+        // A direct reply-to caller's address, as the broker rewrote it.
+        let reply_to = delivery
+            .properties
+            .reply_to()
+            .as_ref()
+            .map(|address| address.as_str())
+            .filter(|address| {
+                address
+                    .strip_prefix(DIRECT_REPLY_TO)
+                    .is_some_and(|rest| rest.starts_with('.'))
+            });
+        Some(match reply_to {
+            Some(address) => settled.with_reply_to(address),
+            None => settled,
+        })
     }
 
     async fn stop(&mut self) -> novarpc_core::Result<()> {

@@ -140,6 +140,14 @@ pub struct KombuOptions {
     /// The SASL mechanism: `PLAIN` (default), `AMQPLAIN` or `EXTERNAL`.
     #[serde(alias = "rabbit_login_method")]
     pub login_method: LoginMethod,
+    /// Calls take their replies through RabbitMQ's direct reply-to
+    /// (`amq.rabbitmq.reply-to`): no reply queue, and a reply goes straight
+    /// to the caller's channel. Opt-in, for deployments whose servers are
+    /// all novarpc: the request's `_reply_q` is the pseudo-queue, and the
+    /// server answers to the address the broker gave the message, which an
+    /// oslo.messaging server does not read. Replies to calls in flight when
+    /// the connection is lost are lost with it (those calls time out).
+    pub direct_reply_to: bool,
     /// Accepted from oslo configs; novarpc backs off exponentially instead.
     pub rabbit_retry_backoff: Option<f64>,
     /// Accepted from oslo configs; lapin checks heartbeats itself.
@@ -179,6 +187,7 @@ impl Default for KombuOptions {
             hostname: None,
             processname: None,
             login_method: LoginMethod::Plain,
+            direct_reply_to: false,
             rabbit_retry_backoff: None,
             heartbeat_rate: None,
         }

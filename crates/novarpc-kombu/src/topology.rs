@@ -123,6 +123,11 @@ fn close_quietly(channel: Channel) {
     });
 }
 
+/// RabbitMQ's direct reply-to pseudo-queue; the broker rewrites a request's
+/// `reply_to` property of this name into the caller's channel's address,
+/// `amq.rabbitmq.reply-to.<token>`.
+pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
 /// A queue with its bindings.
 #[derive(Clone, Debug)]
 pub(crate) struct QueueSpec {
@@ -138,6 +143,8 @@ pub(crate) struct QueueSpec {
     pub(crate) transient: bool,
     /// Arguments of `basic.consume` (`x-stream-offset` on streams).
     pub(crate) consumer_arguments: FieldTable,
+    /// A broker's pseudo-queue (direct reply-to): consumed, never declared.
+    pub(crate) pseudo: bool,
 }
 
 /// oslo's quorum queue arguments (`_get_queue_arguments`).
@@ -190,6 +197,7 @@ impl QueueSpec {
             bindings: vec![(Exchange::Topic(exchange.to_owned()), routing_key.to_owned())],
             transient: false,
             consumer_arguments: FieldTable::default(),
+            pseudo: false,
         }
     }
 
@@ -217,6 +225,7 @@ impl QueueSpec {
             // are reused, and left to expire, as oslo leaves them.
             transient: !options.use_queue_manager,
             consumer_arguments: FieldTable::default(),
+            pseudo: false,
         }
     }
 
@@ -255,6 +264,7 @@ impl QueueSpec {
                 // Shared by every listener of the topic: it outlives each.
                 transient: false,
                 consumer_arguments,
+                pseudo: false,
             };
         }
         QueueSpec::expiring(format!("{exchange}_{unique}"), bindings, options)
@@ -263,6 +273,23 @@ impl QueueSpec {
     /// impl_kombu's DirectConsumer: `reply_<uuid>`, on the default exchange only.
     pub(crate) fn direct_consumer(name: String, options: &KombuOptions) -> Self {
         QueueSpec::expiring(name, Vec::new(), options)
+    }
+
+    /// RabbitMQ's direct reply-to pseudo-queue, `amq.rabbitmq.reply-to`: it
+    /// always exists, and is consumed without acknowledgements on the
+    /// channel that publishes the requests.
+    pub(crate) fn direct_reply_to() -> Self {
+        QueueSpec {
+            name: DIRECT_REPLY_TO.to_owned(),
+            durable: false,
+            auto_delete: false,
+            exclusive: false,
+            arguments: FieldTable::default(),
+            bindings: Vec::new(),
+            transient: false,
+            consumer_arguments: FieldTable::default(),
+            pseudo: true,
+        }
     }
 
     /// A private copy of everything routed to `target`: bound to `topic` and
@@ -289,6 +316,7 @@ impl QueueSpec {
             bindings,
             transient: true,
             consumer_arguments: FieldTable::default(),
+            pseudo: false,
         }
     }
 
@@ -300,6 +328,9 @@ impl QueueSpec {
         connection: &Connection,
         options: &KombuOptions,
     ) -> lapin::Result<()> {
+        if self.pseudo {
+            return Ok(());
+        }
         channel
             .queue_declare(
                 self.name.as_str().into(),

@@ -17,11 +17,11 @@ use parking_lot::Mutex;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::{broker_hosts, Broker, ChannelManager, KombuConnector};
-use crate::consumer::{ConsumerSet, KombuListener};
+use crate::connection::{broker_hosts, Broker, ChannelManager, KombuConnector, PooledChannel};
+use crate::consumer::{Announce, ConsumerSet, KombuListener};
 use crate::options::KombuOptions;
 use crate::queue_manager::QueueManager;
-use crate::topology::{Exchange, QueueSpec};
+use crate::topology::{Exchange, QueueSpec, DIRECT_REPLY_TO};
 use crate::{KombuError, BACKEND, CAPABILITIES};
 
 struct Declared {
@@ -48,6 +48,9 @@ struct Shared {
     /// Names reply and fanout queues when `use_queue_manager` is on.
     queue_manager: Option<QueueManager>,
     reply_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// With `direct_reply_to`: the channel that consumes the replies, on
+    /// which calls' requests go out (announced by the reply consumer).
+    direct: Option<tokio::sync::watch::Sender<Option<PooledChannel>>>,
     replies: Arc<ReplyRegistry>,
     shutdown: CancellationToken,
     closed: AtomicBool,
@@ -73,6 +76,20 @@ impl std::fmt::Debug for KombuDriver {
             .field("control_exchange", &self.shared.common.control_exchange)
             .finish_non_exhaustive()
     }
+}
+
+/// The direct reply-to consumer's current channel, once it has a working one.
+async fn direct_channel(
+    announced: &tokio::sync::watch::Sender<Option<PooledChannel>>,
+) -> std::result::Result<PooledChannel, KombuError> {
+    // The consumer announces a new channel when it resumes after a reconnect;
+    // the call's deadline bounds the wait.
+    let mut current = announced.subscribe();
+    let channel = current
+        .wait_for(|c| c.as_ref().is_some_and(|c| c.channel.status().connected()))
+        .await
+        .map_err(|_| KombuError::Pool("the transport is closed".into()))?;
+    Ok(channel.clone().expect("checked by wait_for"))
 }
 
 /// Properties oslo.messaging puts on every message.
@@ -102,6 +119,27 @@ struct Publish<'a> {
     /// Retry a returned message too (a reply whose caller may be
     /// reconnecting, as oslo's `missing_consumer_retry_timeout`).
     retry_unroutable: bool,
+    /// Publish on the direct reply-to channel (a call's request) rather
+    /// than on a pooled one.
+    direct: bool,
+}
+
+/// The channel a publish goes out on.
+enum Lease {
+    Pooled(pool::Object<ChannelManager>),
+    /// The direct reply-to consumer's channel (shared, not pooled).
+    Direct(PooledChannel),
+}
+
+impl std::ops::Deref for Lease {
+    type Target = PooledChannel;
+
+    fn deref(&self) -> &PooledChannel {
+        match self {
+            Lease::Pooled(channel) => channel,
+            Lease::Direct(channel) => channel,
+        }
+    }
 }
 
 /// How a publish is confirmed.
@@ -150,6 +188,9 @@ impl KombuDriver {
                 &options.processname_or_default(),
             )
         });
+        let direct = options
+            .direct_reply_to
+            .then(|| tokio::sync::watch::channel(None).0);
         Ok(KombuDriver {
             shared: Arc::new(Shared {
                 common,
@@ -166,6 +207,7 @@ impl KombuDriver {
                 reply_queue: OnceCell::new(),
                 queue_manager,
                 reply_task: Mutex::new(None),
+                direct,
                 replies: ReplyRegistry::new(),
                 shutdown: CancellationToken::new(),
                 closed: AtomicBool::new(false),
@@ -213,6 +255,7 @@ impl KombuDriver {
             policy,
             give_up_at,
             retry_unroutable,
+            direct,
         } = publish;
         let shared = &self.shared;
         ensure(
@@ -224,7 +267,10 @@ impl KombuDriver {
                         Confirm::Wait => &shared.publishers,
                         Confirm::Skip => &shared.unconfirmed_publishers,
                     };
-                    let channel = pool.get().await.map_err(KombuError::from_pool)?;
+                    let channel = match (direct, &shared.direct) {
+                        (true, Some(announced)) => Lease::Direct(direct_channel(announced).await?),
+                        _ => Lease::Pooled(pool.get().await.map_err(KombuError::from_pool)?),
+                    };
                     let published = async {
                         self.declare_for_publish(&channel, exchange, declare_queue).await?;
                         channel
@@ -245,8 +291,12 @@ impl KombuDriver {
                     let pending = match published {
                         Ok(pending) => pending,
                         Err(error) => {
-                            // A channel error closes the channel: drop it from the pool.
-                            let _ = pool::Object::take(channel);
+                            // A channel error closes the channel: drop it from the
+                            // pool (a direct reply-to channel is replaced by its
+                            // consumer).
+                            if let Lease::Pooled(channel) = channel {
+                                let _ = pool::Object::take(channel);
+                            }
                             return Err(KombuError::Amqp(error));
                         }
                     };
@@ -359,16 +409,34 @@ impl KombuDriver {
 
     async fn declare_reply_queue(&self) -> Result<String> {
         let shared = &self.shared;
-        let name = format!("reply_{}", self.unique_name()?);
-        let mut consumers = ConsumerSet::declare_consumers(
-            shared.broker.clone(),
-            shared.options.clone(),
-            vec![QueueSpec::direct_consumer(name.clone(), &shared.options)],
-            true,
-            shared.shutdown.clone(),
-        )
-        .await
-        .map_err(|e| Error::transport(BACKEND, e))?;
+        let (name, consumers) = match &shared.direct {
+            Some(announce) => {
+                let consumers = ConsumerSet::direct_reply_to(
+                    shared.broker.clone(),
+                    shared.options.clone(),
+                    shared.shutdown.clone(),
+                    Announce {
+                        channel: announce.clone(),
+                        confirms: shared.options.quorum_queues,
+                    },
+                )
+                .await;
+                (DIRECT_REPLY_TO.to_owned(), consumers)
+            }
+            None => {
+                let name = format!("reply_{}", self.unique_name()?);
+                let consumers = ConsumerSet::declare_consumers(
+                    shared.broker.clone(),
+                    shared.options.clone(),
+                    vec![QueueSpec::direct_consumer(name.clone(), &shared.options)],
+                    true,
+                    shared.shutdown.clone(),
+                )
+                .await;
+                (name, consumers)
+            }
+        };
+        let mut consumers = consumers.map_err(|e| Error::transport(BACKEND, e))?;
         let replies = shared.replies.clone();
         let task = tokio::spawn(async move {
             while let Some(delivery) = consumers.next().await {
@@ -470,6 +538,7 @@ impl Driver for KombuDriver {
             policy: self.cast_policy(),
             give_up_at: None,
             retry_unroutable: false,
+            direct: false,
         })
         .await
         .map_err(|e| Error::transport(BACKEND, e))
@@ -486,12 +555,18 @@ impl Driver for KombuDriver {
         let exchange = Exchange::Topic(self.control_exchange(target).to_owned());
         let expiration = call.remaining().as_millis().max(1).to_string();
         let give_up_at = call.deadline.into_std();
+        let direct = self.shared.direct.is_some();
+        let mut properties = properties().with_expiration(expiration.into());
+        if direct {
+            // The broker rewrites it into this channel's reply address.
+            properties = properties.with_reply_to(DIRECT_REPLY_TO.into());
+        }
         self.publish(Publish {
             exchange: &exchange,
             routing_key: &routing_key,
             body: &request.body,
             mandatory: false,
-            properties: properties().with_expiration(expiration.into()),
+            properties,
             declare_queue: None,
             // On quorum queues a publish can be lost in a leader election:
             // confirm calls there, so a lost request is sent again within
@@ -504,6 +579,7 @@ impl Driver for KombuDriver {
             policy: self.cast_policy(),
             give_up_at: Some(give_up_at),
             retry_unroutable: false,
+            direct,
         })
         .await
         .map_err(|e| Error::transport(BACKEND, e))
@@ -525,9 +601,15 @@ impl Driver for KombuDriver {
             } else {
                 Confirm::Skip
             };
+        // RabbitMQ returns a mandatory message to a direct reply-to address
+        // as unroutable although it delivered it (the caller's channel is no
+        // queue); a reply to a caller that went away is dropped by the broker.
+        let direct = reply_q
+            .strip_prefix(DIRECT_REPLY_TO)
+            .is_some_and(|rest| rest.starts_with('.'));
         self.publish(Publish {
             exchange: &Exchange::Default,
-            mandatory: self.shared.options.mandatory_replies && confirm == Confirm::Wait,
+            mandatory: self.shared.options.mandatory_replies && confirm == Confirm::Wait && !direct,
             routing_key: reply_q,
             body: &body,
             properties: properties(),
@@ -536,6 +618,7 @@ impl Driver for KombuDriver {
             policy,
             give_up_at: Some(Instant::now() + timeout),
             retry_unroutable: true,
+            direct: false,
         })
         .await
         .map_err(|e| Error::transport(BACKEND, e))
@@ -568,6 +651,7 @@ impl Driver for KombuDriver {
             policy: self.cast_policy(),
             give_up_at: None,
             retry_unroutable: false,
+            direct: false,
         })
         .await
         .map_err(|e| Error::transport(BACKEND, e))
