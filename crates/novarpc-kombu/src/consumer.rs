@@ -57,17 +57,7 @@ impl ConsumerSet {
         no_ack: bool,
         shutdown: CancellationToken,
     ) -> Result<Self, KombuError> {
-        let mut set = ConsumerSet {
-            broker,
-            options,
-            queues,
-            no_ack,
-            active: None,
-            shutdown,
-            announce: None,
-        };
-        set.active = Some(set.consume().await?);
-        Ok(set)
+        ConsumerSet::start(broker, options, queues, no_ack, shutdown, None).await
     }
 
     /// Consumes RabbitMQ's direct reply-to pseudo-queue (without
@@ -79,14 +69,26 @@ impl ConsumerSet {
         shutdown: CancellationToken,
         announce: Announce,
     ) -> Result<Self, KombuError> {
+        let queues = vec![QueueSpec::direct_reply_to()];
+        ConsumerSet::start(broker, options, queues, true, shutdown, Some(announce)).await
+    }
+
+    async fn start(
+        broker: Arc<Broker>,
+        options: KombuOptions,
+        queues: Vec<QueueSpec>,
+        no_ack: bool,
+        shutdown: CancellationToken,
+        announce: Option<Announce>,
+    ) -> Result<Self, KombuError> {
         let mut set = ConsumerSet {
             broker,
             options,
-            queues: vec![QueueSpec::direct_reply_to()],
-            no_ack: true,
+            queues,
+            no_ack,
             active: None,
             shutdown,
-            announce: Some(announce),
+            announce,
         };
         set.active = Some(set.consume().await?);
         Ok(set)

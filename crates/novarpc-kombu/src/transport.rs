@@ -85,11 +85,37 @@ async fn direct_channel(
     // The consumer announces a new channel when it resumes after a reconnect;
     // the call's deadline bounds the wait.
     let mut current = announced.subscribe();
-    let channel = current
-        .wait_for(|c| c.as_ref().is_some_and(|c| c.channel.status().connected()))
-        .await
-        .map_err(|_| KombuError::Pool("the transport is closed".into()))?;
-    Ok(channel.clone().expect("checked by wait_for"))
+    loop {
+        let channel = current
+            .wait_for(|c| c.as_ref().is_some_and(|c| c.channel.status().connected()))
+            .await
+            .map_err(|_| KombuError::Pool("the transport is closed".into()))?
+            .clone()
+            .expect("checked by wait_for");
+        if !channel.retired.load(Ordering::Acquire) {
+            return Ok(channel);
+        }
+        // A channel the broker nacked a publish on (or did not confirm it in
+        // time) is retired, as pooled ones are: closed, so that its consumer
+        // starts again on a new one.
+        let taken = announced.send_if_modified(|c| {
+            let retired = c
+                .as_ref()
+                .is_some_and(|c| c.retired.load(Ordering::Acquire));
+            if retired {
+                *c = None;
+            }
+            retired
+        });
+        if taken {
+            tokio::spawn(async move {
+                let _ = channel
+                    .channel
+                    .close(200, "retired after a nack".into())
+                    .await;
+            });
+        }
+    }
 }
 
 /// Properties oslo.messaging puts on every message.
