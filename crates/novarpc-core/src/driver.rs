@@ -150,13 +150,8 @@ impl Delivery {
         self
     }
 
-    /// Where replies go when the broker said so (see
-    /// [`Delivery::with_reply_to`]); `None`: the envelope's `_reply_q`.
-    pub fn reply_to(&self) -> Option<&str> {
-        self.reply_to.as_deref()
-    }
-
-    /// Takes the broker's reply address out (before the delivery is settled).
+    /// Takes out where replies go when the broker said so (see
+    /// [`Delivery::with_reply_to`]); `None`: to the envelope's `_reply_q`.
     pub fn take_reply_to(&mut self) -> Option<Box<str>> {
         self.reply_to.take()
     }

@@ -166,25 +166,30 @@ impl Connector for KombuConnector {
         let properties = ConnectionProperties::default()
             .with_connection_name(self.connection_name.clone().into());
         let runtime = lapin::runtime::default_runtime().map_err(KombuError::Amqp)?;
+        let tls = match host.uri.scheme {
+            AMQPScheme::AMQPS => Some(tls_config(&self.options).map_err(KombuError::Tls)?),
+            AMQPScheme::AMQP => None,
+        };
+        let uri = host.uri.clone();
         let connect = async {
-            let uri = host.uri.clone();
-            if host.uri.scheme == AMQPScheme::AMQPS {
-                let tls = tls_config(&self.options).map_err(KombuError::Tls)?;
-                Ok(Connection::connect_uri_with_config(uri, properties, tls, runtime).await)
-            } else {
-                Ok(Connection::connect_uri_with_runtime(uri, properties, runtime).await)
+            match tls {
+                Some(tls) => {
+                    Connection::connect_uri_with_config(uri, properties, tls, runtime).await
+                }
+                None => Connection::connect_uri_with_runtime(uri, properties, runtime).await,
             }
         };
         // lapin's own `connection_timeout` does not always end a connect: one
         // to a closed port was seen waiting for ever (no socket, no timer),
         // once in many runs. The same limit, kept here.
-        let connection = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-            Ok(connection) => connection?,
-            Err(_) => Err(lapin::Error::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no connection within {CONNECT_TIMEOUT:?}"),
-            ))),
-        };
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .unwrap_or_else(|_| {
+                Err(lapin::Error::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection within {CONNECT_TIMEOUT:?}"),
+                )))
+            });
         connection
             .map(Arc::new)
             .map_err(|source| KombuError::Connect {

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connection::{Broker, PooledChannel};
 use crate::options::KombuOptions;
-use crate::topology::{QueueSpec, DIRECT_REPLY_TO};
+use crate::topology::{is_direct_reply_address, QueueSpec};
 use crate::KombuError;
 
 struct Active {
@@ -213,7 +213,7 @@ impl ConsumerSet {
                     self.broker.reset(generation).await;
                 }
                 None => {
-                    tracing::warn!(queues = ?self.queue_names(), "the broker cancelled a consumer; consuming again");
+                    tracing::warn!(queues = ?self.queue_names(), "a consumer ended (cancelled by the broker, or its channel retired); consuming again");
                     self.active = None;
                     self.announce(None);
                 }
@@ -316,11 +316,7 @@ impl Listener for KombuListener {
             .reply_to()
             .as_ref()
             .map(|address| address.as_str())
-            .filter(|address| {
-                address
-                    .strip_prefix(DIRECT_REPLY_TO)
-                    .is_some_and(|rest| rest.starts_with('.'))
-            });
+            .filter(|address| is_direct_reply_address(address));
         Some(match reply_to {
             Some(address) => settled.with_reply_to(address),
             None => settled,

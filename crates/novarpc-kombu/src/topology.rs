@@ -128,6 +128,14 @@ fn close_quietly(channel: Channel) {
 /// `amq.rabbitmq.reply-to.<token>`.
 pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
+/// Whether `address` is a caller's direct reply-to address, as the broker
+/// rewrote it (`amq.rabbitmq.reply-to.<token>`).
+pub(crate) fn is_direct_reply_address(address: &str) -> bool {
+    address
+        .strip_prefix(DIRECT_REPLY_TO)
+        .is_some_and(|rest| rest.starts_with('.'))
+}
+
 /// A queue with its bindings.
 #[derive(Clone, Debug)]
 pub(crate) struct QueueSpec {

@@ -21,7 +21,7 @@ use crate::connection::{broker_hosts, Broker, ChannelManager, KombuConnector, Po
 use crate::consumer::{Announce, ConsumerSet, KombuListener};
 use crate::options::KombuOptions;
 use crate::queue_manager::QueueManager;
-use crate::topology::{Exchange, QueueSpec, DIRECT_REPLY_TO};
+use crate::topology::{is_direct_reply_address, Exchange, QueueSpec, DIRECT_REPLY_TO};
 use crate::{KombuError, BACKEND, CAPABILITIES};
 
 struct Declared {
@@ -630,9 +630,7 @@ impl Driver for KombuDriver {
         // RabbitMQ returns a mandatory message to a direct reply-to address
         // as unroutable although it delivered it (the caller's channel is no
         // queue); a reply to a caller that went away is dropped by the broker.
-        let direct = reply_q
-            .strip_prefix(DIRECT_REPLY_TO)
-            .is_some_and(|rest| rest.starts_with('.'));
+        let direct = is_direct_reply_address(reply_q);
         self.publish(Publish {
             exchange: &Exchange::Default,
             mandatory: self.shared.options.mandatory_replies && confirm == Confirm::Wait && !direct,
