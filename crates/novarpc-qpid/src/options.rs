@@ -40,6 +40,12 @@ pub struct QpidOptions {
     /// Send casts and notifications unsettled and count them delivered only on
     /// the broker's `accepted` outcome; `false` sends them pre-settled.
     pub publisher_confirms: bool,
+    /// Send replies unsettled and count them sent only on the broker's
+    /// `accepted` (a reply the broker releases, or one whose connection
+    /// fails, is sent again). `false` (the default, as oslo's AMQP 1.0
+    /// driver pre-settles `rpc-reply`) sends them pre-settled: a reply lost
+    /// with its connection ends in the caller's timeout.
+    pub confirm_replies: bool,
     /// Topic and server queues survive a broker restart (terminus durability
     /// `configuration`). Every peer of a queue must agree: the broker refuses
     /// a link that would redeclare it differently.
@@ -88,6 +94,7 @@ impl Default for QpidOptions {
             link_credit: 200,
             heartbeat_timeout: 60,
             publisher_confirms: true,
+            confirm_replies: false,
             durable_queues: false,
             quorum_queues: false,
             retry_interval: 1.0,

@@ -48,6 +48,23 @@ struct Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        // A pre-settled send is done once fe2o3-amqp holds it, not once it
+        // is on the wire, and dropping the connection's handles ends its
+        // session without draining the link frames queued beside the end:
+        // a server dropping its transport right after its last (pre-settled)
+        // reply lost it. Closing politely detaches each sender link behind
+        // its transfers and waits for the broker's answer first.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let senders = self.senders.clone();
+            runtime.spawn(async move {
+                if let Some(connection) = senders.take().await {
+                    connection.close().await;
+                }
+            });
+        }
     }
 }
 
@@ -499,15 +516,20 @@ impl Driver for QpidDriver {
         let props = Properties::builder()
             .content_type("application/json")
             .correlation_id(msg_id.to_owned());
-        // Unsettled, even though the broker accepts a reply whether or not
-        // its caller is still there: pre-settled replies on a freshly
-        // attached link were occasionally lost (about 1 run in 6 of the
-        // conformance suite, with fe2o3-amqp 0.18 and RabbitMQ 3.10).
+        // Pre-settled unless asked otherwise, as oslo's AMQP 1.0 driver
+        // sends replies: the broker takes a reply whether or not its caller
+        // is still there, so waiting for its outcome only costs a frame each
+        // way (measured: ~5-10 % of calls per second at 16 in flight).
+        let settlement = if self.shared.options.confirm_replies {
+            Settlement::Confirmed
+        } else {
+            Settlement::PreSettled
+        };
         self.deliver(Outgoing {
             node: &node,
             durable_node: false,
             message: message(body, props.build(), false, None),
-            settlement: Settlement::Confirmed,
+            settlement,
             policy: self.shared.retry,
             give_up_at: None,
             fanout: false,
