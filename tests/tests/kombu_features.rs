@@ -178,6 +178,44 @@ async fn direct_reply_to_answers_calls_without_a_reply_queue() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: run ./scripts/test"]
+async fn a_server_whose_queue_is_deleted_declares_it_again() -> Result<()> {
+    // The broker cancels the consumer of a deleted queue while the server's
+    // other consumers (its own queue, its fanout) go on: the server must
+    // notice, as kombu's consumer-cancel handling does, and declare it again.
+    let backend = kombu_with("");
+    let topic = unique("deleted");
+    let exchange = unique("deleted_ex");
+    let (server, client) = ping_service(&backend, &topic, &exchange).await?;
+    let pong: String = client.call(&Context::new(), "ping", &json!({})).await?;
+    ensure!(pong == "pong");
+    rabbitmqctl(&["delete_queue", &topic]).await?;
+    // A call sent before the queue is back is dropped unrouted (calls are
+    // not mandatory, as in oslo): it times out and the next one is tried.
+    let started = Instant::now();
+    let answered = loop {
+        let result: novarpc::Result<String> = client
+            .prepare()
+            .timeout(Duration::from_millis(500))
+            .call(&Context::new(), "ping", &json!({}))
+            .await;
+        match result {
+            Ok(pong) => break pong,
+            Err(error)
+                if error.kind() == novarpc::ErrorKind::Timeout
+                    && started.elapsed() < Duration::from_secs(15) => {}
+            Err(error) => return Err(error).context("no call answered after the queue went"),
+        }
+    };
+    ensure!(answered == "pong");
+    server.stop().await?;
+    client.cleanup().await?;
+    backend
+        .remove_topology(&[topic.clone(), format!("{topic}.h1")], &[exchange])
+        .await
+}
+
 /// Declares `exchange` as a topic exchange with the given durability, as
 /// another service (or an earlier configuration) would have.
 async fn predeclare_exchange(exchange: &str, durable: bool) -> Result<()> {

@@ -19,10 +19,28 @@ use crate::options::KombuOptions;
 use crate::topology::{is_direct_reply_address, QueueSpec};
 use crate::KombuError;
 
+/// What a consumer yields: a delivery, or the error that ended its channel.
+type Consumed = lapin::Result<lapin::message::Delivery>;
+
+/// A consumer whose end shows up as a `None` item: `SelectAll` alone ends
+/// only when every stream has ended, so one consumer the broker cancelled
+/// (its queue deleted, say) would drop out of the set unnoticed while the
+/// others went on, and its queue would never be declared again.
+type Watched = futures::stream::Chain<
+    futures::stream::Map<Consumer, fn(Consumed) -> Option<Consumed>>,
+    futures::stream::Once<std::future::Ready<Option<Consumed>>>,
+>;
+
+fn watched(consumer: Consumer) -> Watched {
+    consumer
+        .map(Some as fn(Consumed) -> Option<Consumed>)
+        .chain(futures::stream::once(std::future::ready(None)))
+}
+
 struct Active {
     generation: u64,
     channel: Channel,
-    consumers: SelectAll<Consumer>,
+    consumers: SelectAll<Watched>,
     tags: Vec<String>,
 }
 
@@ -131,7 +149,7 @@ impl ConsumerSet {
                     )
                     .await?;
                 tags.push(consumer.tag().to_string());
-                consumers.push(consumer);
+                consumers.push(watched(consumer));
             }
             Ok::<_, lapin::Error>(Active {
                 generation,
@@ -204,17 +222,27 @@ impl ConsumerSet {
                 next = active.consumers.next() => next,
             };
             match next {
-                Some(Ok(delivery)) => return Some(delivery),
-                Some(Err(error)) => {
+                Some(Some(Ok(delivery))) => return Some(delivery),
+                Some(Some(Err(error))) => {
                     let generation = active.generation;
                     self.active = None;
                     self.announce(None);
                     tracing::warn!(error = %novarpc_core::error_chain(&error), queues = ?self.queue_names(), "consumer failed; reconnecting");
                     self.broker.reset(generation).await;
                 }
-                None => {
-                    tracing::warn!(queues = ?self.queue_names(), "a consumer ended (cancelled by the broker, or its channel retired); consuming again");
-                    self.active = None;
+                Some(None) | None => {
+                    tracing::warn!(queues = ?self.queue_names(), "a consumer ended (cancelled by the broker, or its channel retired); declaring and consuming again");
+                    if let Some(ended) = self.active.take() {
+                        // The set's other consumers may still be running on
+                        // that channel: closing it hands what they hold back
+                        // to the broker before they start again on a new one.
+                        if ended.channel.status().connected() {
+                            let _ = ended
+                                .channel
+                                .close(200, "a consumer was cancelled".into())
+                                .await;
+                        }
+                    }
                     self.announce(None);
                 }
             }
