@@ -52,10 +52,11 @@ impl Drop for Shared {
             return;
         }
         // A pre-settled send is done once fe2o3-amqp holds it, not once it
-        // is on the wire, and dropping the connection's handles ends its
-        // session without draining the link frames queued beside the end:
-        // a server dropping its transport right after its last (pre-settled)
-        // reply lost it. Closing politely detaches each sender link behind
+        // is on the wire. Dropping the handles sends the session its end and
+        // the connection its close at once, and the connection's engine can
+        // close before the session's engine has passed it the link frames
+        // still queued: a server dropping its transport right after its last
+        // (pre-settled) reply lost it. Closing politely detaches each sender link behind
         // its transfers and waits for the broker's answer first.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let senders = self.senders.clone();
