@@ -236,11 +236,14 @@ impl ConsumerSet {
                         // The set's other consumers may still be running on
                         // that channel: closing it hands what they hold back
                         // to the broker before they start again on a new one.
+                        // Bounded: a broker that never answers the close
+                        // must not keep the listener from starting again.
                         if ended.channel.status().connected() {
-                            let _ = ended
-                                .channel
-                                .close(200, "a consumer was cancelled".into())
-                                .await;
+                            let _ = tokio::time::timeout(
+                                std::time::Duration::from_secs(5),
+                                ended.channel.close(200, "a consumer was cancelled".into()),
+                            )
+                            .await;
                         }
                     }
                     self.announce(None);
