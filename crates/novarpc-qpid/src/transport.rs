@@ -56,8 +56,8 @@ impl Drop for Shared {
         // the connection its close at once, and the connection's engine can
         // close before the session's engine has passed it the link frames
         // still queued: a server dropping its transport right after its last
-        // (pre-settled) reply lost it. Closing politely detaches each sender link behind
-        // its transfers and waits for the broker's answer first.
+        // (pre-settled) reply lost it. Closing politely detaches each sender
+        // link behind its transfers and waits for the broker's answer first.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let senders = self.senders.clone();
             runtime.spawn(async move {
@@ -520,7 +520,8 @@ impl Driver for QpidDriver {
         // Pre-settled unless asked otherwise, as oslo's AMQP 1.0 driver
         // sends replies: the broker takes a reply whether or not its caller
         // is still there, so waiting for its outcome only costs a frame each
-        // way (measured: ~5-10 % of calls per second at 16 in flight).
+        // way (measured here at 16 in flight: 0.76-0.78 of raw fe2o3-amqp's
+        // calls per second with confirmed replies, 0.90-1.01 without).
         let settlement = if self.shared.options.confirm_replies {
             Settlement::Confirmed
         } else {
