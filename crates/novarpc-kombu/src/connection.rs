@@ -224,6 +224,22 @@ pub(crate) struct PooledChannel {
     pub(crate) retired: Arc<std::sync::atomic::AtomicBool>,
 }
 
+impl PooledChannel {
+    /// Whether a nack (or a missing confirm) retired the channel.
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Closes a retired channel in the background: closing it releases the
+    /// broker's side too, and ends the consumers on it.
+    pub(crate) fn close_retired(&self) {
+        let channel = self.channel.clone();
+        tokio::spawn(async move {
+            let _ = channel.close(200, "retired after a nack".into()).await;
+        });
+    }
+}
+
 /// Creates publisher channels (in confirm mode when confirms are on).
 pub(crate) struct ChannelManager {
     pub(crate) broker: Arc<Broker>,
@@ -258,12 +274,8 @@ impl Manager for ChannelManager {
     }
 
     async fn recycle(&self, object: &mut PooledChannel, _: &Metrics) -> RecycleResult<KombuError> {
-        if object.retired.load(std::sync::atomic::Ordering::Acquire) {
-            // Closing it releases the broker's side of it too.
-            let channel = object.channel.clone();
-            tokio::spawn(async move {
-                let _ = channel.close(200, "retired after a nack".into()).await;
-            });
+        if object.is_retired() {
+            object.close_retired();
             Err(RecycleError::message("channel retired after a nack"))
         } else if object.channel.status().connected() {
             Ok(())

@@ -92,28 +92,21 @@ async fn direct_channel(
             .map_err(|_| KombuError::Pool("the transport is closed".into()))?
             .clone()
             .expect("checked by wait_for");
-        if !channel.retired.load(Ordering::Acquire) {
+        if !channel.is_retired() {
             return Ok(channel);
         }
         // A channel the broker nacked a publish on (or did not confirm it in
         // time) is retired, as pooled ones are: closed, so that its consumer
         // starts again on a new one.
         let taken = announced.send_if_modified(|c| {
-            let retired = c
-                .as_ref()
-                .is_some_and(|c| c.retired.load(Ordering::Acquire));
+            let retired = c.as_ref().is_some_and(PooledChannel::is_retired);
             if retired {
                 *c = None;
             }
             retired
         });
         if taken {
-            tokio::spawn(async move {
-                let _ = channel
-                    .channel
-                    .close(200, "retired after a nack".into())
-                    .await;
-            });
+            channel.close_retired();
         }
     }
 }

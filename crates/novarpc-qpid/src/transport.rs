@@ -60,12 +60,15 @@ impl Drop for Shared {
         // link behind its transfers and waits for the broker's answer first.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let senders = self.senders.clone();
-            runtime.spawn(async move {
-                if let Some(connection) = senders.take().await {
-                    connection.close().await;
-                }
-            });
+            runtime.spawn(async move { close_connection(&senders).await });
         }
+    }
+}
+
+/// Closes the broker's current connection politely, if it has one.
+async fn close_connection(broker: &Broker) {
+    if let Some(connection) = broker.take().await {
+        connection.close().await;
     }
 }
 
@@ -651,9 +654,7 @@ impl Driver for QpidDriver {
         self.shared.shutdown.cancel();
         self.shared.send_connection.lock().take();
         for broker in [&self.shared.senders, &self.shared.receivers] {
-            if let Some(connection) = broker.take().await {
-                connection.close().await;
-            }
+            close_connection(broker).await;
         }
         Ok(())
     }
