@@ -157,13 +157,21 @@ impl Broker {
         let Some(queues) = bindings.get(exchange).and_then(|e| e.get(routing_key)) else {
             return false;
         };
-        let mut routed = false;
-        for queue in queues {
-            if server.is_some() && queue.owner.as_deref() != server {
-                continue;
+        let mut targets = queues
+            .iter()
+            .filter(|queue| server.is_none() || queue.owner.as_deref() == server)
+            .peekable();
+        let routed = targets.peek().is_some();
+        // The last queue takes the body itself: a clone of a `Bytes` made
+        // from a `Vec` allocates its shared part, one more allocation (kept
+        // while the message waits) for every message routed to one queue.
+        while let Some(queue) = targets.next() {
+            if targets.peek().is_some() {
+                queue.publish(body.clone());
+            } else {
+                queue.publish(body);
+                break;
             }
-            queue.publish(body.clone());
-            routed = true;
         }
         routed
     }
