@@ -92,9 +92,28 @@ fn data_of(body: Body<Value>) -> Vec<u8> {
     }
 }
 
+/// How long the baseline waits for the broker to answer its opening (TCP,
+/// SASL, open, begin, attaches) or its closing (end, close).
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Ends the session and closes the connection, each bounded: fe2o3-amqp
+/// waits for the broker's `end` and `close` with no limit of its own, and
+/// once, in a report run, the baseline's opening or closing never finished
+/// and the bench hung until its deadline. Dropping the handles then closes
+/// the socket.
 async fn close(mut opened: Opened) {
-    let _ = opened.session.end().await;
-    let _ = opened.connection.close().await;
+    if tokio::time::timeout(HANDSHAKE_TIMEOUT, opened.session.end())
+        .await
+        .is_err()
+    {
+        eprintln!("raw fe2o3-amqp baseline: the broker did not end a session within {HANDSHAKE_TIMEOUT:?}");
+    }
+    if tokio::time::timeout(HANDSHAKE_TIMEOUT, opened.connection.close())
+        .await
+        .is_err()
+    {
+        eprintln!("raw fe2o3-amqp baseline: the broker did not close a connection within {HANDSHAKE_TIMEOUT:?}");
+    }
 }
 
 /// Callers waiting for replies; `None` once either link has failed, so calls
@@ -123,7 +142,14 @@ const REPLIES: &str = "/queue/novarpc_raw_replies";
 const CASTS: &str = "/queue/novarpc_raw_casts";
 
 impl RawAmqp1Rpc {
+    /// Connects and attaches, failing if the broker does not answer in time.
     pub async fn start(url: Option<&TransportUrl>) -> Result<Arc<RawAmqp1Rpc>> {
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, Self::open(url))
+            .await
+            .with_context(|| format!("the broker did not answer within {HANDSHAKE_TIMEOUT:?}"))?
+    }
+
+    async fn open(url: Option<&TransportUrl>) -> Result<Arc<RawAmqp1Rpc>> {
         let mut server = open(url, "server").await?;
         let mut client = open(url, "client").await?;
         let mut incoming = receiver(&mut server, "raw-requests", REQUESTS).await?;
@@ -241,7 +267,14 @@ pub struct RawAmqp1Casts {
 }
 
 impl RawAmqp1Casts {
+    /// Connects and attaches, failing if the broker does not answer in time.
     pub async fn start(url: Option<&TransportUrl>, confirms: bool) -> Result<Arc<RawAmqp1Casts>> {
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, Self::open(url, confirms))
+            .await
+            .with_context(|| format!("the broker did not answer within {HANDSHAKE_TIMEOUT:?}"))?
+    }
+
+    async fn open(url: Option<&TransportUrl>, confirms: bool) -> Result<Arc<RawAmqp1Casts>> {
         let mut consumer = open(url, "cast-consumer").await?;
         let mut producer = open(url, "cast-producer").await?;
         let mut incoming = receiver(&mut consumer, "raw-casts", CASTS).await?;
