@@ -283,7 +283,10 @@ impl AmqpConnection {
         if let Some(sender) = self.cached_sender(&node.address) {
             return Ok(sender);
         }
-        let attached = self.attach_sender(node, durable).await;
+        // Boxed: attaching (a declare, then the attach) is a 4-KB future, and
+        // unboxed it sat in every send in flight although a link is attached
+        // once per address and connection.
+        let attached = Box::pin(self.attach_sender(node, durable)).await;
         self.attaching.lock().remove(&node.address);
         attached
     }
