@@ -97,7 +97,11 @@ impl<K: Connector> Reconnector<K> {
             tracing::info!("connection lost; reconnecting");
             current.connection = None;
         }
-        let connection = ensure(
+        // Boxed: connecting (TCP, TLS, SASL, the protocol's handshake, with
+        // retries) is a future of kilobytes, and unboxed it sat in every
+        // future that awaits `get` (every send in flight, in both drivers)
+        // although it runs only without a live connection.
+        let connection = Box::pin(ensure(
             &self.policy,
             |_| {
                 let host = self.hosts.next_host();
@@ -119,7 +123,7 @@ impl<K: Connector> Reconnector<K> {
                 );
                 temporary
             },
-        )
+        ))
         .await?;
         if current.generation > 0 {
             novarpc_core::metrics::record_reconnect(K::BACKEND);

@@ -251,28 +251,6 @@ impl Manager for ChannelManager {
     type Error = KombuError;
 
     async fn create(&self) -> Result<PooledChannel, KombuError> {
-        // Boxed: deadpool keeps this future inside every `get`'s, so its
-        // ~3 KB (reconnecting, opening a channel, confirm mode) sat in every
-        // publish in flight, although a channel is created rarely.
-        Box::pin(self.open_channel()).await
-    }
-
-    async fn recycle(&self, object: &mut PooledChannel, _: &Metrics) -> RecycleResult<KombuError> {
-        if object.is_retired() {
-            object.close_retired();
-            Err(RecycleError::message("channel retired after a nack"))
-        } else if object.channel.status().connected() {
-            Ok(())
-        } else {
-            Err(RecycleError::message("channel closed"))
-        }
-    }
-}
-
-impl ChannelManager {
-    /// A new channel on the broker's connection (reconnecting if need be),
-    /// in confirm mode when confirms are on.
-    async fn open_channel(&self) -> Result<PooledChannel, KombuError> {
         let (generation, connection) = self.broker.get().await.map_err(|e| e.last_error)?;
         let channel = match connection.create_channel().await {
             Ok(channel) => channel,
@@ -293,5 +271,16 @@ impl ChannelManager {
             connection,
             retired: Arc::default(),
         })
+    }
+
+    async fn recycle(&self, object: &mut PooledChannel, _: &Metrics) -> RecycleResult<KombuError> {
+        if object.is_retired() {
+            object.close_retired();
+            Err(RecycleError::message("channel retired after a nack"))
+        } else if object.channel.status().connected() {
+            Ok(())
+        } else {
+            Err(RecycleError::message("channel closed"))
+        }
     }
 }

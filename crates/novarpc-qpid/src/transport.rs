@@ -332,12 +332,7 @@ impl QpidDriver {
                 }
             }
         }
-        // Boxed: connecting (TCP, TLS, SASL, open, with retries) is a 10-KB
-        // future, and unboxed it sat in every send in flight although it
-        // runs only without a live connection.
-        let (generation, connection) = Box::pin(self.shared.senders.get())
-            .await
-            .map_err(|e| e.last_error)?;
+        let (generation, connection) = self.shared.senders.get().await.map_err(|e| e.last_error)?;
         *self.shared.send_connection.lock() = Some((generation, connection.clone()));
         Ok((generation, connection))
     }
